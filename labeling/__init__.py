@@ -1,0 +1,4 @@
+"""chatsmith labeling: the human-data schema, readers for labeler exports, ingest with quarantine,
+quality statistics, dataset builds and the task loop back to labelers. See labeling/README.md.
+
+Plain data code: importing any of it never imports torch or transformers."""

@@ -1,0 +1,86 @@
+"""`chatsmith`: the one entry point.
+
+    chatsmith run RECIPE [--out DIR] [key=value ...]          all stages in order (skips done ones, resumes a cut one)
+    chatsmith stage NAME RECIPE [--out DIR] [key=value ...]   one stage: pretrain | sft | reward | ppo
+    chatsmith labels {ingest,stats,build,tasks} ...           the human-data side (see labeling/README.md)
+    chatsmith chat CHECKPOINT [--temperature ...]             interactive, streaming, multi-turn
+
+Heavy imports (torch, transformers) happen inside the commands, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatsmith", description="From raw text to an aligned assistant.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run every stage of a recipe in order")
+    run.add_argument("recipe")
+    run.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.ppo.kl_coef=0.05")
+
+    stage = sub.add_parser("stage", help="run one stage of a recipe")
+    stage.add_argument("name", choices=["pretrain", "sft", "reward", "ppo"])
+    stage.add_argument("recipe")
+    stage.add_argument("--out", default=None)
+    stage.add_argument("--force", action="store_true", help="run even if the manifest says the stage is done")
+    stage.add_argument("overrides", nargs="*")
+
+    sub.add_parser("labels", help="ingest, stats, build, tasks (chatsmith labels --help)", add_help=False)
+
+    chat = sub.add_parser("chat", help="talk to a checkpoint")
+    chat.add_argument("checkpoint")
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    chat.add_argument("--system", default=None, help="a system message to start the conversation with")
+    chat.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _out_dir(args, recipe) -> str:
+    return args.out or os.path.join("runs", recipe.name)
+
+
+def _split_overrides(values: list[str]) -> list[str]:
+    bad = [v for v in values if "=" not in v]
+    if bad:
+        raise SystemExit(f"chatsmith: error: {bad[0]!r} is not a key=value override")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "labels":
+        from labeling.cli import main as labels_main
+
+        return labels_main(argv[1:])
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.command == "chat":
+        from pipeline.chat import repl
+
+        return repl(args)
+
+    from pipeline.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, _split_overrides(args.overrides))
+    except RecipeError as error:
+        print(f"chatsmith: error: {error}", file=sys.stderr)
+        return 2
+    from pipeline.launch import run_command
+
+    return run_command(args, recipe, _out_dir(args, recipe))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`DIR/manifest.json`: per stage its status, times, inputs (paths + sha256), output, metrics.
+
+The lineage of every checkpoint back to its data: a stage's inputs include its parent checkpoint
+with its hash, and the data files with theirs. Written atomically after every change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from stages.common import sha256_path, write_json_atomic
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Manifest:
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "manifest.json"
+        self.data: dict[str, Any] = {"stages": {}}
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            self.data.setdefault("stages", {})
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].get(name, {})
+
+    def is_current(self, name: str, *, config_sha: str, inputs: dict[str, str]) -> tuple[bool, str]:
+        """Whether a stage is done with this config and these inputs; if not, why it must run."""
+        entry = self.entry(name)
+        if not entry:
+            return False, "never run"
+        if entry.get("status") != "done":
+            return False, f"status is {entry.get('status')!r}"
+        if entry.get("config_sha256") != config_sha:
+            return False, "its config changed"
+        old = {k: v.get("sha256") for k, v in entry.get("inputs", {}).items()}
+        new = {k: sha256_path(p) if Path(p).exists() else None for k, p in inputs.items()}
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            return False, f"inputs changed: {', '.join(changed)}"
+        if not Path(entry.get("output", "")).exists():
+            return False, "its output is missing"
+        return True, "done"
+
+    def start(self, name: str, *, config_sha: str, inputs: dict[str, str], output: str, reason: str) -> None:
+        self.data["stages"][name] = {
+            "status": "running",
+            "reason": reason,
+            "started": now(),
+            "config_sha256": config_sha,
+            "inputs": {k: {"path": str(p), "sha256": sha256_path(p) if Path(p).exists() else None} for k, p in inputs.items()},
+            "output": output,
+        }
+        self.save()
+
+    def finish(self, name: str, *, metrics: dict[str, Any], output_sha: str | None = None) -> None:
+        entry = self.data["stages"][name]
+        entry.update(status="done", finished=now(), metrics=metrics)
+        if output_sha:
+            entry["output_sha256"] = output_sha
+        entry.pop("error", None)
+        self.save()
+
+    def fail(self, name: str, *, error: str, log: str | None = None) -> None:
+        entry = self.data["stages"].setdefault(name, {})
+        entry.update(status="failed", finished=now(), error=error)
+        if log:
+            entry["log"] = log
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)

@@ -1,0 +1,125 @@
+"""`DIR/report.md`: what each stage achieved, its curves, and the checkpoints' answers side by side.
+
+Also the per-stage table `chatsmith run` prints at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stages.common import read_jsonl
+from stages.config import STAGE_ORDER
+
+# The figures that say what each stage achieved (issue-defined keys first).
+HEADLINE = {
+    "pretrain": ["eval_loss", "bits_per_byte"],
+    "sft": ["end_of_turn_rate", "fact_accuracy_seen", "fact_accuracy_pretrain_only", "gold_score", "gold_score_greedy"],
+    "reward": ["pairwise_accuracy", "train_pairwise_accuracy"],
+    "ppo": ["gold_score", "gold_score_sft", "gold_score_greedy", "gold_score_greedy_sft", "end_of_turn_rate",
+            "kl_to_sft", "fact_accuracy_seen", "fact_accuracy_pretrain_only"],
+}
+CURVES = {
+    "pretrain": [("loss", "train loss")],
+    "sft": [("loss", "train loss"), ("mean_token_accuracy", "token accuracy")],
+    "reward": [("loss", "train loss"), ("accuracy", "pairwise accuracy (train batches)")],
+    "ppo": [("reward_raw", "reward (raw, training rollouts)"), ("kl", "KL to reference"),
+            ("eval_reward_score", "held-out reward-model score"), ("eval_gold_score", "held-out gold score")],
+}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "—" if value is None else str(value)
+
+
+def stage_table(run_dir: Path) -> str:
+    rows = []
+    for name in STAGE_ORDER:
+        eval_path = run_dir / name / "eval.json"
+        if not eval_path.exists():
+            continue
+        metrics = json.loads(eval_path.read_text())
+        figures = ", ".join(f"{k}={_fmt(metrics[k])}" for k in HEADLINE[name] if k in metrics)
+        rows.append(f"| {name} | {figures} | {_fmt(metrics.get('stage_seconds'))} |")
+    return "| stage | figures | seconds |\n|---|---|---|\n" + "\n".join(rows)
+
+
+def _plot(run_dir: Path, name: str) -> str | None:
+    path = run_dir / name / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = read_jsonl(path)
+    curves = [(key, label) for key, label in CURVES[name] if any(key in r for r in rows)]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    for ax, (key, label) in zip(axes[0], curves):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
+        ax.set_title(label)
+        ax.set_xlabel("update" if name == "ppo" else "step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(name)
+    fig.tight_layout()
+    out = run_dir / "plots" / f"{name}.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return str(out.relative_to(run_dir))
+
+
+def _samples(run_dir: Path, count: int) -> str:
+    answers = {}
+    for name in ("sft", "ppo"):
+        path = run_dir / name / "eval_answers.jsonl"
+        if path.exists():
+            answers[name] = {a["id"]: a for a in read_jsonl(path)}
+    if "sft" not in answers or count == 0:
+        return ""
+    ids = list(answers["sft"])[:count]
+    prompts = [answers["sft"][i]["prompt"] for i in ids]
+    base = []
+    if (run_dir / "pretrain" / "config.json").exists():
+        from pipeline.evaluate import base_continuations
+
+        base = base_continuations(run_dir / "pretrain", prompts, max_new_tokens=32)
+    lines = ["## Answers side by side", "",
+             "Greedy answers to held-out prompts. The base model has not learned the chat format; it continues the text.", ""]
+    for n, (i, prompt) in enumerate(zip(ids, prompts)):
+        lines += [f"**{prompt}**", ""]
+        if base:
+            lines.append(f"- base: {base[n]!r}")
+        for name in ("sft", "ppo"):
+            if name in answers and i in answers[name]:
+                lines.append(f"- {name}: {answers[name][i]['greedy']!r} (sampled: {answers[name][i]['sampled']!r})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, *, recipe_name: str, samples: int = 4) -> Path:
+    run_dir = Path(run_dir)
+    parts = [f"# chatsmith run: {recipe_name}", "", f"Run directory: `{run_dir}`", "", "## Stages", "", stage_table(run_dir), ""]
+    labels = run_dir / "labels" / "made_from.json"
+    if labels.exists():
+        made = json.loads(labels.read_text())
+        ingest = made.get("ingest", {})
+        parts += ["## Labels", "",
+                  f"Comparison tasks from the SFT checkpoint, ranked by simulated labelers, exported as Label Studio JSON "
+                  f"and ingested: read {ingest.get('read')}, accepted {ingest.get('accepted')}, rejected "
+                  f"{ingest.get('rejected')} ({ingest.get('reasons')}). Built: {made.get('build')}.", ""]
+    parts += ["## Curves", ""]
+    for name in STAGE_ORDER:
+        plot = _plot(run_dir, name)
+        if plot:
+            parts += [f"![{name}]({plot})", ""]
+    parts.append(_samples(run_dir, samples))
+    out = run_dir / "report.md"
+    out.write_text("\n".join(parts) + "\n")
+    return out

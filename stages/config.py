@@ -1,0 +1,268 @@
+"""Typed configuration of every stage.
+
+Each field is documented once, here. Defaults live in these types, never in stage code.
+Configs are frozen pydantic models: a resolved config does not change; derived values are locals.
+Loading a recipe (YAML + dotted overrides) is `pipeline.recipe`'s job; stages only receive these.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelArch(Frozen):
+    """A causal LM built from a config (random init). Any `transformers` architecture whose config
+    takes these common names works; Llama is the default."""
+
+    architecture: str = "llama"
+    """`model_type` understood by `transformers.AutoConfig.for_model` (llama, qwen2, mistral, gpt_neox...)."""
+    hidden_size: int = Field(192, gt=0)
+    """Width of the residual stream."""
+    num_hidden_layers: int = Field(4, gt=0)
+    """Number of transformer blocks."""
+    num_attention_heads: int = Field(6, gt=0)
+    """Attention heads (hidden_size must divide by it)."""
+    num_key_value_heads: Optional[int] = None
+    """Grouped-query attention heads; None means as many as attention heads."""
+    intermediate_size: int = Field(512, gt=0)
+    """Width of the MLP."""
+    max_position_embeddings: int = Field(512, gt=0)
+    """Longest sequence the model is built for."""
+    tie_word_embeddings: bool = True
+    """Share input and output embeddings (fewer parameters on small models)."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        return self
+
+
+class TrainCommon(Frozen):
+    """Settings every training stage shares."""
+
+    max_steps: int = Field(100, gt=0)
+    """Optimizer steps to train (PPO: updates)."""
+    save_steps: int = Field(50, gt=0)
+    """Write a resumable checkpoint under `resume/` every this many optimizer steps."""
+    logging_steps: int = Field(10, gt=0)
+    """Write a line to metrics.jsonl every this many optimizer steps."""
+    learning_rate: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps before the schedule."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    batch_size: int = Field(16, gt=0)
+    """Micro-batch size per process."""
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    """Micro-batches per optimizer step."""
+    seed: int = 0
+    """Seed for initialisation, data order and sampling."""
+    bf16: bool = False
+    """Train in bfloat16 mixed precision (GPU only; ignored with a warning on CPU)."""
+    attn_implementation: Optional[str] = None
+    """`sdpa`, `eager` or `flash_attention_2` (GPU only); None lets transformers choose."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on large models."""
+    keep_resume: bool = False
+    """Keep the `resume/` directory after the stage finishes."""
+
+
+class TokenizerConfig(Frozen):
+    """Where the tokenizer and chat template come from. Set once; every later stage checks them."""
+
+    train: bool = True
+    """Train a byte-level BPE on the pretraining text; False takes the tokenizer of `from_checkpoint`."""
+    vocab_size: int = Field(1024, ge=300)
+    """Vocabulary size of a trained tokenizer (special tokens included)."""
+    from_checkpoint: Optional[str] = None
+    """A local Hugging Face checkpoint dir whose tokenizer to use when `train` is false."""
+
+
+class PretrainConfig(TrainCommon):
+    """Next-token prediction on packed documents."""
+
+    model: ModelArch = ModelArch()
+    """Architecture of a randomly initialised model (ignored when `init_from` is set)."""
+    init_from: Optional[str] = None
+    """A local causal-LM checkpoint dir to continue pretraining from."""
+    seq_len: int = Field(128, gt=8)
+    """Tokens per packed training sequence."""
+    eval_fraction: float = Field(0.02, gt=0, lt=0.5)
+    """Fraction of documents held out for eval loss and bits per byte."""
+    eval_batches: int = Field(20, gt=0)
+    """Batches of held-out sequences to evaluate."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside a checkpoint (off unless you trust it)."""
+
+
+class LoraConfig(Frozen):
+    enabled: bool = False
+    """Train a LoRA adapter instead of all weights (merged into the saved checkpoint)."""
+    r: int = Field(16, gt=0)
+    """Adapter rank."""
+    alpha: int = Field(32, gt=0)
+    """Adapter scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Module names to adapt."""
+
+
+class SFTStageConfig(TrainCommon):
+    """Supervised fine-tuning on conversations (TRL SFTTrainer), loss on assistant tokens only."""
+
+    data: Optional[str] = None
+    """JSONL of `{"messages": [...]}` conversations; None uses the run's data (demo world or ingested labels)."""
+    eval_data: Optional[str] = None
+    """Held-out conversations for eval loss; None uses the run's."""
+    init_from: Optional[str] = None
+    """Checkpoint to fine-tune; None means the run's pretrain output."""
+    max_length: int = Field(256, gt=8)
+    """Longest conversation in tokens (longer ones are truncated)."""
+    num_train_epochs: Optional[float] = None
+    """Stop after this many epochs even if max_steps is not reached."""
+    packing: bool = False
+    """Pack conversations padding-free (check packed == padded loss for your attention implementation)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA instead of full fine-tuning."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside a checkpoint."""
+
+
+class RewardStageConfig(TrainCommon):
+    """Reward model (TRL RewardTrainer) initialised from the SFT checkpoint, on comparisons."""
+
+    data: Optional[str] = None
+    """JSONL of `{"prompt", "chosen", "rejected"[, "margin"]}` (conversational); None uses the run's."""
+    eval_data: Optional[str] = None
+    """Held-out comparisons for pairwise accuracy; None uses the run's."""
+    init_from: Optional[str] = None
+    """Checkpoint to start from; None means the run's SFT output."""
+    max_length: int = Field(256, gt=8)
+    """Longest prompt + reply in tokens."""
+    num_train_epochs: Optional[float] = None
+    """Stop after this many epochs even if max_steps is not reached."""
+    center_rewards_coefficient: Optional[float] = None
+    """Auxiliary loss that keeps rewards centred on zero (TRL)."""
+    use_margin: bool = True
+    """Use the comparisons' `margin` (from ratings) in the loss when present."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA instead of full fine-tuning."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside a checkpoint."""
+
+
+class PPOStageConfig(TrainCommon):
+    """chatsmith's PPO on accelerate: policy from SFT, frozen reference, value model, frozen reward model."""
+
+    policy: Optional[str] = None
+    """Causal-LM checkpoint dir to optimise; None means the run's SFT output."""
+    reward_model: Optional[str] = None
+    """Sequence-classification checkpoint dir; None means the run's reward output."""
+    prompts: Optional[str] = None
+    """JSONL, one `{"prompt": str}` or `{"messages": [...]}` per line; None uses the run's prompts."""
+    eval_prompts: Optional[str] = None
+    """Held-out prompts for the reward/gold monitor; None uses the run's eval prompts when present."""
+    learning_rate: float = Field(1e-5, gt=0)
+    """Policy learning rate."""
+    value_learning_rate: Optional[float] = None
+    """Value-model learning rate; None means the policy's."""
+    rollout_batch_size: int = Field(16, gt=0)
+    """Prompts per update (per process)."""
+    max_new_tokens: int = Field(48, gt=0)
+    """Longest sampled reply."""
+    max_prompt_length: int = Field(128, gt=0)
+    """Prompts longer than this (in tokens) are truncated from the left."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature; log-probs are computed from logits divided by it."""
+    top_k: int = Field(0, ge=0)
+    """Top-k sampling (0 = off)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling (1 = off)."""
+    ppo_epochs: int = Field(4, gt=0)
+    """Passes over each rollout batch."""
+    num_minibatches: int = Field(1, gt=0)
+    """Minibatches per PPO epoch (each an optimizer step)."""
+    kl_coef: float = Field(0.05, ge=0)
+    """Per-token KL penalty coefficient (initial value when adaptive)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """KL estimator for the per-token penalty."""
+    adaptive_kl: bool = False
+    """Adapt kl_coef toward `target_kl` (Ziegler et al.)."""
+    target_kl: float = Field(6.0, gt=0)
+    """Target sequence KL for the adaptive controller."""
+    kl_horizon: int = Field(10000, gt=0)
+    """Horizon of the adaptive controller."""
+    kl_limit: Optional[float] = None
+    """Sequence KL above which to act (see `kl_limit_action`); None = no limit."""
+    kl_limit_action: Literal["warn", "stop"] = "warn"
+    """What to do when KL exceeds kl_limit."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """GAE discount."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE lambda."""
+    cliprange: float = Field(0.2, gt=0)
+    """Policy ratio clip."""
+    cliprange_value: float = Field(0.2, gt=0)
+    """Value clip."""
+    vf_coef: float = Field(0.1, ge=0)
+    """Value-loss weight."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance per batch."""
+    normalize_reward: bool = True
+    """Normalise raw rewards with the mean/std the reward stage saved (reward_stats.json)."""
+    missing_eot_penalty: Optional[float] = -1.0
+    """Reward added to replies that end without the end-of-turn token; None = off."""
+    value_init: Literal["reward", "zero"] = "reward"
+    """Value model from the reward model, or from the policy with a zero-initialised head."""
+    eval_steps: int = Field(10, gt=0)
+    """Score the held-out prompts (reward model + gold judge) every this many updates."""
+    num_eval_prompts: int = Field(64, gt=0)
+    """Held-out prompts the monitor scores."""
+    select_best: Literal["last", "gold", "reward"] = "last"
+    """Which checkpoint becomes the stage output: the last, or the best by gold score / reward."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside a checkpoint."""
+    generation_batch_size: Optional[int] = Field(None, gt=0)
+    """Prompts per `generate` call during rollouts and evals; None = the whole rollout batch at once."""
+    logprobs_from_generation: bool = True
+    """Take the rollout log-probs from the logits `generate` already computed (saves one policy
+    forward per update). Turn off under bf16, where KV-cached and full-forward logits differ enough
+    to move the first PPO ratio away from 1."""
+    adam_eps: float = Field(1e-5, gt=0)
+    """AdamW epsilon (1e-5 as in the "N implementation details of RLHF with PPO")."""
+    entropy_warn_below: float = Field(0.05, ge=0)
+    """Warn (entropy collapse) when the mean per-token entropy of sampled replies falls below this."""
+    ratio_warn_above: float = Field(5.0, gt=1)
+    """Warn (extreme ratios) when any token's PPO ratio exceeds this, or falls below its inverse."""
+    length_drift_warn: float = Field(2.0, gt=1)
+    """Warn (length drift) when the mean reply length moves by more than this factor from the first update's."""
+
+
+class Stages(Frozen):
+    pretrain: Optional[PretrainConfig] = PretrainConfig()
+    """Pretraining; null skips it (SFT must then have init_from)."""
+    sft: Optional[SFTStageConfig] = SFTStageConfig()
+    """Supervised fine-tuning; null skips it."""
+    reward: Optional[RewardStageConfig] = RewardStageConfig()
+    """Reward model; null skips it."""
+    ppo: Optional[PPOStageConfig] = PPOStageConfig()
+    """PPO; null skips it."""
+
+
+STAGE_ORDER = ("pretrain", "sft", "reward", "ppo")

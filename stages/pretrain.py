@@ -1,0 +1,206 @@
+"""Pretrain: next-token prediction on packed documents -> a base model that continues text.
+
+In:  documents (JSONL of `{"text": ...}`), a tokenizer dir (with chat template and EOS), and either a
+     model config (random init; any HF causal-LM architecture, Llama by default) or `init_from`
+     (continued pretraining from a local checkpoint).
+Out: `output_dir/` — a HF checkpoint (config.json, model.safetensors, tokenizer, generation_config.json),
+     `metrics.jsonl` (step, loss, lr, tokens_per_s, time_s), `eval.json` (eval_loss, bits_per_byte).
+
+Documents are joined with the EOS token and cut into full `seq_len` sequences: no padding waste.
+A seeded permutation per epoch fixes the data order, so an interrupted run resumes exactly from
+`resume/` (weights, optimizer, scheduler, RNG, step).
+
+    chatsmith stage pretrain recipes/tiny-cpu.yaml --out runs/demo
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from stages.common import MetricsLog, load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
+from stages.config import PretrainConfig
+from stages.train_state import load_training_state, save_training_state
+
+
+def split_documents(documents: list[str], *, eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(documents) * eval_fraction))
+    return [documents[i] for i in order[n_eval:]], [documents[i] for i in order[:n_eval]]
+
+
+def pack(tokenizer, documents: list[str], seq_len: int):
+    """Token ids of all documents, each followed by EOS, as a [N, seq_len] tensor (tail dropped)."""
+    import torch
+
+    ids: list[int] = []
+    for encoded in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(tokenizer.eos_token_id)
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ValueError(f"not enough text for one sequence of {seq_len} tokens ({len(ids)} tokens)")
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def build_model(config: PretrainConfig, tokenizer):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    dtype = torch_dtype(config.bf16)
+    if config.init_from:
+        model = AutoModelForCausalLM.from_pretrained(
+            config.init_from, trust_remote_code=config.trust_remote_code, dtype=dtype,
+            attn_implementation=config.attn_implementation,
+        )
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        arch = config.model
+        model_config = AutoConfig.for_model(
+            arch.architecture,
+            vocab_size=len(tokenizer),
+            hidden_size=arch.hidden_size,
+            intermediate_size=arch.intermediate_size,
+            num_hidden_layers=arch.num_hidden_layers,
+            num_attention_heads=arch.num_attention_heads,
+            num_key_value_heads=arch.num_key_value_heads or arch.num_attention_heads,
+            max_position_embeddings=arch.max_position_embeddings,
+            tie_word_embeddings=arch.tie_word_embeddings,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype, attn_implementation=config.attn_implementation)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def make_scheduler(optimizer, config, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+
+
+def evaluate(model, sequences, *, batch_size: int, eval_bytes: int, accelerator) -> dict:
+    """Mean next-token loss over all held-out sequences, and bits per UTF-8 byte of their text."""
+    import torch
+
+    model.eval()
+    total_nats, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start : start + batch_size].to(accelerator.device)
+            loss = model(input_ids=batch, labels=batch).loss
+            n = batch.numel() - batch.shape[0]  # each row predicts seq_len - 1 tokens
+            total_nats += loss.item() * n
+            total_tokens += n
+    model.train()
+    eval_loss = total_nats / total_tokens
+    # Packed sequences cover the eval text (minus the dropped tail) in proportion to tokens.
+    covered_bytes = eval_bytes * total_tokens / max(1, total_tokens + sequences.shape[0])
+    return {"eval_loss": eval_loss, "bits_per_byte": total_nats / math.log(2) / covered_bytes, "eval_tokens": total_tokens}
+
+
+def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | Path, output_dir: str | Path,
+        meta: Optional[dict] = None) -> dict:
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    resume_dir = output_dir / "resume"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.gradient_accumulation_steps)
+    tokenizer = load_tokenizer(tokenizer_dir, where="pretrain", trust_remote_code=config.trust_remote_code)
+
+    texts = [row["text"] for row in read_jsonl(documents)]
+    train_texts, eval_texts = split_documents(texts, eval_fraction=config.eval_fraction, seed=config.seed)
+    train_seqs = pack(tokenizer, train_texts, config.seq_len)
+    eval_seqs = pack(tokenizer, eval_texts, config.seq_len)
+    eval_bytes = sum(len(t.encode("utf-8")) for t in eval_texts)
+
+    model = build_model(config, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    scheduler = make_scheduler(optimizer, config, config.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    counters = load_training_state(resume_dir, models={"model": accelerator.unwrap_model(model)},
+                                   optimizers={"optimizer": optimizer}, schedulers={"scheduler": scheduler})
+    step = counters["step"] if counters else 0
+    if counters:
+        accelerator.print(f"pretrain: resuming from step {step} ({resume_dir})")
+
+    # Global batch of sequences per optimizer step; each rank takes its own slice of it.
+    per_rank = config.batch_size
+    global_batch = per_rank * accelerator.num_processes * config.gradient_accumulation_steps
+    steps_per_epoch = max(1, len(train_seqs) // global_batch)
+    log = MetricsLog(output_dir / "metrics.jsonl", resume_step=step, enabled=accelerator.is_main_process)
+    accelerator.print(
+        f"pretrain: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {len(train_seqs)} sequences "
+        f"x {config.seq_len} tokens, global batch {global_batch}, {config.max_steps} steps "
+        f"({config.max_steps / steps_per_epoch:.1f} epochs)"
+    )
+
+    model.train()
+    progress = tqdm(total=config.max_steps, initial=step, desc="pretrain", disable=not accelerator.is_main_process)
+    running_loss, running_tokens, window_start = 0.0, 0, None
+    import time
+
+    window_start = time.perf_counter()
+    while step < config.max_steps:
+        epoch, index_in_epoch = divmod(step, steps_per_epoch)
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train_seqs), generator=generator)
+        batch_ids = order[index_in_epoch * global_batch : (index_in_epoch + 1) * global_batch]
+        for micro in range(config.gradient_accumulation_steps):
+            offset = (micro * accelerator.num_processes + accelerator.process_index) * per_rank
+            batch = train_seqs[batch_ids[offset : offset + per_rank]].to(accelerator.device)
+            with accelerator.accumulate(model):
+                loss = model(input_ids=batch, labels=batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running_loss += loss.detach()
+            running_tokens += batch.numel() * accelerator.num_processes
+        scheduler.step()
+        step += 1
+        progress.update(1)
+        if step % config.logging_steps == 0 or step == config.max_steps:
+            mean_loss = (running_loss / (config.gradient_accumulation_steps * config.logging_steps)).item()
+            elapsed = time.perf_counter() - window_start
+            log.log(step, loss=mean_loss, lr=scheduler.get_last_lr()[0], tokens_per_s=running_tokens / elapsed, epoch=step / steps_per_epoch)
+            progress.set_postfix(loss=f"{mean_loss:.3f}")
+            running_loss, running_tokens, window_start = 0.0, 0, time.perf_counter()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step}; last good save is in {resume_dir}")
+        if step % config.save_steps == 0 and step < config.max_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_training_state(resume_dir, models={"model": accelerator.unwrap_model(model)},
+                                    optimizers={"optimizer": optimizer}, schedulers={"scheduler": scheduler},
+                                    counters={"step": step})
+    progress.close()
+
+    metrics = evaluate(model, eval_seqs, batch_size=per_rank, eval_bytes=eval_bytes, accelerator=accelerator)
+    metrics.update(train_sequences=len(train_seqs), steps=step, epochs=step / steps_per_epoch)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(accelerator.unwrap_model(model), tokenizer, output_dir,
+                        meta={"stage": "pretrain", "config": config.model_dump(mode="json"), **(meta or {})})
+        write_json_atomic(output_dir / "eval.json", metrics)
+        if not config.keep_resume:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return metrics

@@ -1,0 +1,96 @@
+"""What the stages built on TRL trainers (SFT, reward) share: the mapping from chatsmith's
+`TrainCommon` to TrainingArguments, resume from `resume/`, metrics.jsonl, and the LoRA option."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from stages.common import MetricsLog
+from stages.config import LoraConfig, TrainCommon
+
+
+def training_kwargs(config: TrainCommon, *, output_dir: Path) -> dict[str, Any]:
+    """Keyword arguments for a TRL `*Config` (a TrainingArguments subclass) from chatsmith's config."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return dict(
+        output_dir=str(output_dir / "resume"),
+        max_steps=config.max_steps,
+        save_steps=config.save_steps,
+        save_strategy="steps",
+        save_total_limit=1,
+        save_only_model=False,
+        logging_steps=config.logging_steps,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type={"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler],
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bool(config.bf16 and on_gpu),
+        use_cpu=not on_gpu,
+        report_to="none",
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        eval_strategy="no",
+        **({"activation_checkpointing": True} if config.gradient_checkpointing else {}),
+    )
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = output_dir / "resume"
+    return get_last_checkpoint(str(resume)) if resume.is_dir() else None
+
+
+def metrics_callback(output_dir: Path, *, resume_step: int):
+    """A TrainerCallback that mirrors the trainer's log lines into `metrics.jsonl`."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def __init__(self):
+            self.log = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.log = MetricsLog(output_dir / "metrics.jsonl", resume_step=resume_step, enabled=state.is_world_process_zero)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.log is None or not logs:
+                return
+            values = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and k not in {"step"}}
+            if "train_runtime" in values:  # the trainer's end-of-training summary, not a step
+                return
+            self.log.log(state.global_step, **values)
+
+    return MetricsCallback()
+
+
+def peft_config(lora: LoraConfig, *, task_type: str):
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type=task_type,
+    )
+
+
+def merged(model):
+    """The trained model as a plain transformers model (a LoRA adapter merged into its weights)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def finish(output_dir: Path, *, keep_resume: bool) -> None:
+    if not keep_resume:
+        shutil.rmtree(output_dir / "resume", ignore_errors=True)
