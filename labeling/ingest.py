@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from labeling.readers import FORMATS, READERS, InputError, Item
-from labeling.schema import RECORD_ADAPTER, SCHEMA_VERSION, Comparison, Demonstration, Provenance, Rewrite, content_id
+from labeling.schema import RECORD_ADAPTER, SCHEMA_VERSION, Comparison, Demonstration, Rewrite, content_id
 
 MAX_RAW_CHARS = 20_000  # rejected.jsonl keeps the raw text up to this length (and says if it cut)
 

@@ -18,8 +18,8 @@ Only `sample_tasks` touches torch/transformers, and imports them inside the func
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import string
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -117,8 +117,6 @@ def write_tasks(tasks: Iterable[ComparisonTask | Mapping], out_dir) -> dict:
 
 
 def _result_id(*parts) -> str:
-    import hashlib
-
     return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:10]
 
 

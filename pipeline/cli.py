@@ -62,9 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         from labeling.cli import main as labels_main
 
         return labels_main(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after options (`stage sft R --out D k=v` and `stage sft R k=v --out D`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command not in ("run", "stage") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.command == "chat":
         from pipeline.chat import repl
 

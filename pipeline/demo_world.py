@@ -266,16 +266,17 @@ class World:
         return out
 
     def rank(self, rng: random.Random, labeler: dict, row: dict, replies: list[str]) -> dict:
-        """One labeler's judgment of K replies: ranks (1 = best, ties share a rank), 1-7 ratings."""
-        scores = [self.gold_score(row, r) + rng.gauss(0, labeler["noise"]) for r in replies]
-        order = sorted(range(len(replies)), key=lambda i: -scores[i])
-        ranks = [0] * len(replies)
-        rank = 0
-        for position, i in enumerate(order):
-            if position == 0 or scores[order[position - 1]] - scores[i] > 0.02:
-                rank = position + 1
-            ranks[i] = rank
-        ratings = [max(1, min(7, round(1 + 6 * s))) for s in scores]
+        """One labeler's judgment of K replies: ranks (1 = best, ties share a rank), 1-7 ratings.
+
+        Replies the guidelines score alike (equal gold score) are tied; between different levels
+        the labeler perceives the gold score plus their own noise, so close calls flip more often
+        and noisier labelers flip more."""
+        scores = [self.gold_score(row, r) for r in replies]
+        levels = sorted({round(s, 2) for s in scores})
+        perceived = {level: level + rng.gauss(0, labeler["noise"]) for level in levels}
+        order = sorted(levels, key=lambda level: -perceived[level])
+        ranks = [order.index(round(s, 2)) + 1 for s in scores]
+        ratings = [max(1, min(7, round(1 + 6 * perceived[round(s, 2)]))) for s in scores]
         return {"ranks": ranks, "ratings": ratings, "lead_time": labeler["speed"] * rng.uniform(0.5, 1.5)}
 
     # ---------------------------------------------------------------- (e) gold judge

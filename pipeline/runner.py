@@ -48,6 +48,7 @@ class Run:
         self.say = say
         self.world = World.build(recipe.data.world) if recipe.data.source == "demo" else None
         self.manifest: Manifest | None = None
+        self.launcher: Optional[Callable[[str], dict]] = None
 
     # ------------------------------------------------------------------ paths
     def stage_dir(self, name: str) -> Path:
@@ -250,11 +251,15 @@ class Run:
         started = time.perf_counter()
         try:
             metrics = self._execute(name, cfg, inputs, out)
-        except BaseException as error:  # a crash is recorded, then re-raised
-            self.manifest.fail(name, error=f"{type(error).__name__}: {error}", log=str(self.dir / "logs" / f"{name}.log"))
+        except BaseException as error:  # a crash is recorded (manifest + log), then re-raised as StageFailed
             log = self.dir / "logs" / f"{name}.log"
+            message = error.error if isinstance(error, StageFailed) else f"{type(error).__name__}: {error}"
+            self.manifest.fail(name, error=message, log=str(log))
             log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
+            with open(log, "a", encoding="utf-8") as handle:  # appended: a launched stage's output is already there
+                handle.write(traceback.format_exc())
+            if isinstance(error, Exception) and not isinstance(error, StageFailed):
+                raise StageFailed(name, message, str(log)) from error
             raise
         metrics["stage_seconds"] = round(time.perf_counter() - started, 1)
         write_json_atomic(out / "eval.json", metrics)
@@ -275,6 +280,12 @@ class Run:
                                   "ingest": result["ingest"], "build": {k: v for k, v in result["build"].items() if k != "paths"}})
 
     def _execute(self, name: str, cfg, inputs: dict[str, Path], out: Path) -> dict:
+        # `launcher` (set by pipeline.launch) runs the stage function as a launched process group.
+        metrics = self.launcher(name) if self.launcher else self.train(name, cfg, inputs, out)
+        return self.after_training(name, metrics, inputs, out)
+
+    def train(self, name: str, cfg, inputs: dict[str, Path], out: Path) -> dict:
+        """The stage function itself: what every process of a launched stage runs."""
         meta = self.lineage(inputs)
         if name == "pretrain":
             from stages import pretrain
@@ -283,10 +294,8 @@ class Run:
         if name == "sft":
             from stages import sft
 
-            metrics = sft.run(cfg, init_from=inputs["init_from"], train_data=inputs["train_data"],
-                              eval_data=inputs.get("eval_data"), output_dir=out, meta=meta)
-            metrics.update(self.behaviour(out, "sft"))
-            return metrics
+            return sft.run(cfg, init_from=inputs["init_from"], train_data=inputs["train_data"],
+                           eval_data=inputs.get("eval_data"), output_dir=out, meta=meta)
         if name == "reward":
             from stages.rlhf import reward
 
@@ -295,21 +304,32 @@ class Run:
         if name == "ppo":
             from stages.rlhf import ppo
 
-            metrics = ppo.run(cfg, policy=inputs["policy"], reward_model=inputs["reward_model"], prompts=inputs["prompts"],
-                              eval_prompts=inputs.get("eval_prompts"), output_dir=out, meta=meta,
-                              gold_scorer=self.world.gold_scorer() if self.world else None)
+            comparisons = None
+            if cfg.algorithm == "dpo":  # DPO learns from the comparisons the reward model was trained on
+                comparisons = self.stage_inputs("reward")["train_data"] if self.recipe.stages.reward else self.recipe.data.comparisons
+            return ppo.run(cfg, policy=inputs["policy"], reward_model=inputs["reward_model"], prompts=inputs["prompts"],
+                           eval_prompts=inputs.get("eval_prompts"), output_dir=out, meta=meta,
+                           gold_scorer=self.world.gold_scorer() if self.world else None, comparisons=comparisons)
+        raise ValueError(name)
+
+    def after_training(self, name: str, metrics: dict, inputs: dict[str, Path], out: Path) -> dict:
+        """Main process only: the run-wide behaviour evaluation merged into the stage's metrics."""
+        if name == "sft":
+            metrics.update(self.behaviour(out, "sft"))
+            return metrics
+        if name == "ppo":
             # The stage's own held-out figures (greedy, monitor prompts) stay under monitor_*; the
             # run-wide behaviour evaluation (same prompts and seed as SFT's) gives the headline keys.
             behaviour = self.behaviour(out, "ppo")
-            metrics = {**{(f"monitor_{k}" if k in behaviour or k.endswith("_sft") else k): v for k, v in metrics.items()},
-                       **behaviour}
+            renamed = set(behaviour) | {"gold_score_sft", "end_of_turn_rate_sft"}
+            metrics = {**{(f"monitor_{k}" if k in renamed else k): v for k, v in metrics.items()}, **behaviour}
             sft_eval = self.stage_dir("sft") / "eval.json"
             if self.world and sft_eval.exists() and Path(inputs["policy"]) == self.stage_dir("sft"):
                 sft_metrics = json.loads(sft_eval.read_text())
                 metrics["gold_score_sft"] = sft_metrics.get("gold_score")
                 metrics["gold_score_greedy_sft"] = sft_metrics.get("gold_score_greedy")
             return metrics
-        raise ValueError(name)
+        return metrics
 
     def behaviour(self, checkpoint: Path, name: str) -> dict:
         """Demo world: the held-out behaviour figures of a chat checkpoint, answers kept for the report."""

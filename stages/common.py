@@ -82,6 +82,28 @@ def torch_dtype(bf16: bool):
     return torch.float32
 
 
+def make_accelerator(**kwargs):
+    """The `Accelerator` of chatsmith's own training loops (pretrain, PPO).
+
+    Without a GPU, a bare `Accelerator()` in a launched process group believes it is alone (world
+    size 1, unsharded data), and `Accelerator(cpu=True)` ignores DeepSpeed. So, as
+    `transformers.Trainer` does with `use_cpu=True`: set up the process state for CPU first, then
+    the Accelerator, which picks up DeepSpeed when the launcher asked for it (see STACK_NOTES.md).
+    Under ZeRO-3 the models are built whole and `accelerator.prepare` shards the trained one: no
+    `zero.Init` at load time, so frozen copies (PPO's reference) and seeded inits stay whole and equal."""
+    import torch
+    from accelerate import Accelerator, PartialState
+
+    if not torch.cuda.is_available():
+        PartialState(cpu=True)
+    accelerator = Accelerator(**kwargs)
+    if accelerator.state.deepspeed_plugin is not None:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # accelerate set it; it would make from_pretrained/from_config use zero.Init
+    return accelerator
+
+
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -104,16 +126,18 @@ def sha256_path(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, *, meta: dict[str, Any] | None = None,
+                    state_dict: dict | None = None) -> Path:
     """Write a loadable HF checkpoint atomically: into `out_dir.tmp`, then rename over `out_dir`.
 
     Files already in `out_dir` that are not part of the checkpoint (metrics.jsonl, resume/) are kept.
-    `meta` (stage config, parents with hashes) goes to `chatsmith.json` beside the weights."""
+    `meta` (stage config, parents with hashes) goes to `chatsmith.json` beside the weights.
+    `state_dict`: the full weights when the model's own are sharded (ZeRO-3: `accelerator.get_state_dict`)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if meta is not None:

@@ -170,6 +170,21 @@ class RewardStageConfig(TrainCommon):
 class PPOStageConfig(TrainCommon):
     """chatsmith's PPO on accelerate: policy from SFT, frozen reference, value model, frozen reward model."""
 
+    algorithm: Literal["ppo", "grpo", "rloo", "dpo"] = "ppo"
+    """The RL algorithm on the same data and with the same outputs (checkpoint, metrics.jsonl, eval.json
+    keys): `ppo` is chatsmith's own; `grpo` and `rloo` are TRL's trainers with the reward model as the
+    reward function (`num_generations` replies per prompt, no value model; `kl_coef` is their beta);
+    `dpo` is TRL's DPOTrainer straight from the reward stage's comparisons (`dpo_beta`; the reward
+    model, when given, is only used to score the eval). `max_steps` stays the number of updates for GRPO
+    and RLOO (each `ppo_epochs` x `num_minibatches` optimizer steps) and counts optimizer steps for DPO."""
+    num_generations: int = Field(4, ge=2)
+    """GRPO / RLOO: replies sampled per prompt; each is judged against the others of its group."""
+    dpo_beta: float = Field(0.1, gt=0)
+    """DPO: strength of the implicit KL penalty to the reference (TRL's `beta`)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA on the policy instead of training all its weights (merged into the saved checkpoint). The
+    reference is then the policy with its adapter disabled, not a second copy; the value model still
+    trains in full. GRPO / RLOO / DPO pass it to TRL's trainer."""
     policy: Optional[str] = None
     """Causal-LM checkpoint dir to optimise; None means the run's SFT output."""
     reward_model: Optional[str] = None

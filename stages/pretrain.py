@@ -21,7 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from stages.common import MetricsLog, load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
+from stages.common import (MetricsLog, load_tokenizer, make_accelerator, read_jsonl, save_checkpoint, torch_dtype,
+                           write_json_atomic)
 from stages.config import PretrainConfig
 from stages.train_state import load_training_state, save_training_state
 
@@ -115,12 +116,11 @@ def evaluate(model, sequences, *, batch_size: int, eval_bytes: int, accelerator)
 def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | Path, output_dir: str | Path,
         meta: Optional[dict] = None) -> dict:
     import torch
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
     resume_dir = output_dir / "resume"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
     tokenizer = load_tokenizer(tokenizer_dir, where="pretrain", trust_remote_code=config.trust_remote_code)
 
     texts = [row["text"] for row in read_jsonl(documents)]
@@ -132,6 +132,9 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
     model = build_model(config, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = make_scheduler(optimizer, config, config.max_steps)
+    if accelerator.state.deepspeed_plugin is not None:  # no prepared DataLoader: DeepSpeed can't infer these
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=config.batch_size, gradient_clipping=config.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     counters = load_training_state(resume_dir, models={"model": accelerator.unwrap_model(model)},
@@ -196,8 +199,9 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
     metrics = evaluate(model, eval_seqs, batch_size=per_rank, eval_bytes=eval_bytes, accelerator=accelerator)
     metrics.update(train_sequences=len(train_seqs), steps=step, epochs=step / steps_per_epoch)
     accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(model)  # whole on the main process even when ZeRO-3 shards them
     if accelerator.is_main_process:
-        save_checkpoint(accelerator.unwrap_model(model), tokenizer, output_dir,
+        save_checkpoint(accelerator.unwrap_model(model), tokenizer, output_dir, state_dict=weights,
                         meta={"stage": "pretrain", "config": config.model_dump(mode="json"), **(meta or {})})
         write_json_atomic(output_dir / "eval.json", metrics)
         if not config.keep_resume:

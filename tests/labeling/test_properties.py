@@ -20,7 +20,7 @@ WORDS = st.lists(st.sampled_from(["ab", "cd", " ", ".", "?", "\n", "\n\n", "Assi
                  min_size=1, max_size=12).map("".join)
 TURN_WORDS = st.lists(st.sampled_from(["ab", "cd", " ", ".", "?", "Assistant:", "Human:", "é", "水"]),
                       min_size=1, max_size=12).map("".join)
-SETTINGS = settings(max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @st.composite

@@ -149,3 +149,22 @@ def test_native_demonstrations_rewrites_comparisons_round_trip(fixtures, tmp_pat
     assert first.keys() == second.keys()
     for rid, record in first.items():
         assert {k: v for k, v in record.items() if k != "provenance"} == {k: v for k, v in second[rid].items() if k != "provenance"}
+
+
+def test_label_studio_choice_ties_and_unsorted_ranker(tmp_path):
+    data = {"prompt": "Which?", "candidates": [{"id": "a", "body": "One."}, {"id": "b", "body": "Two."}]}
+    choice = lambda value: {"type": "choices", "from_name": "preference", "to_name": "replies", "value": {"choices": [value]}}
+    export = [{"id": 1, "data": data, "annotations": [
+        {"id": 1, "completed_by": 1, "was_cancelled": False, "result": [choice("Tie")]},
+        {"id": 2, "completed_by": 2, "was_cancelled": False, "result": [choice("B")]},
+        {"id": 3, "completed_by": 3, "was_cancelled": False, "result": [
+            {"type": "ranker", "from_name": "rank", "to_name": "replies", "value": {"ranker": {"_": ["a"], "rank_1": ["b"]}}}]},
+        {"id": 4, "completed_by": 4, "was_cancelled": False, "result": [choice("maybe")]},
+        {"id": 5, "completed_by": 5, "was_cancelled": False, "result": []},
+    ]}]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(export))
+    summary = ingest("label-studio", path, tmp_path / "out")
+    _check_counts(summary)
+    assert summary["reasons"] == {"rank_mismatch": 2, "unranked": 1}
+    assert [r["ranking"] for r in _lines(tmp_path / "out" / "accepted.jsonl")] == [[["a", "b"]], [["b"], ["a"]]]

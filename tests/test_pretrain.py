@@ -1,0 +1,104 @@
+"""Pretrain: packing without padding, the stage's files, weights change, exact resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tiny import DEMO, REPO, TINY, chatsmith, env
+
+
+def test_pack_fills_sequences_with_documents_and_eos(tiny_assets):
+    from transformers import AutoTokenizer
+
+    from stages.pretrain import pack
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
+    docs = ["The river of Alder is the Sorrel.", "People in Brim eat plum cake.", "Hello!"] * 10
+    seqs = pack(tokenizer, docs, 16)
+    ids = [t for d in tokenizer(docs, add_special_tokens=False)["input_ids"] for t in d + [tokenizer.eos_token_id]]
+    assert seqs.shape == (len(ids) // 16, 16)
+    assert seqs.flatten().tolist() == ids[: seqs.numel()]
+    assert tokenizer.pad_token_id not in seqs.flatten().tolist()
+
+
+def test_split_is_deterministic_and_disjoint():
+    from stages.pretrain import split_documents
+
+    docs = [f"doc {i}" for i in range(100)]
+    train, held = split_documents(docs, eval_fraction=0.1, seed=0)
+    assert (train, held) == split_documents(docs, eval_fraction=0.1, seed=0)
+    assert len(held) == 10 and not set(train) & set(held) and len(train) + len(held) == 100
+
+
+def _stage_dir(tmp_path):
+    return tmp_path / "run"
+
+
+def test_pretrain_stage_writes_checkpoint_and_changes_weights(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = _stage_dir(tmp_path)
+    chatsmith("stage", "pretrain", DEMO, "--out", out, *TINY)
+    ckpt = out / "pretrain"
+    evals = json.loads((ckpt / "eval.json").read_text())
+    assert evals["eval_loss"] > 0 and 0 < evals["bits_per_byte"] < 10
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    # the same architecture at its seeded initialisation: training moved every weight matrix
+    from stages.config import PretrainConfig
+    from pipeline.recipe import load_recipe
+    from stages.pretrain import build_model
+    from transformers import AutoTokenizer
+
+    recipe = load_recipe(DEMO, TINY)
+    init = build_model(recipe.stages.pretrain, AutoTokenizer.from_pretrained(ckpt))
+    trained = load_file(ckpt / "model.safetensors")
+    changed = [k for k, v in init.state_dict().items() if k in trained and v.dim() == 2 and not torch.equal(v, trained[k])]
+    assert len(changed) == len([k for k, v in init.state_dict().items() if k in trained and v.dim() == 2])
+    rows = [json.loads(l) for l in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def kill_after_first_save(args, resume_marker, *, timeout=300):
+    """Start the CLI, SIGKILL it as soon as `resume_marker` exists; return the killed process."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not resume_marker.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError("the stage ended before its first save")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
+@pytest.mark.slow
+def test_pretrain_resumes_exactly_after_kill(tmp_path):
+    from safetensors.torch import load_file
+
+    overrides = [*TINY, "stages.pretrain.max_steps=60", "stages.pretrain.save_steps=20"]
+    whole = tmp_path / "whole"
+    chatsmith("stage", "pretrain", DEMO, "--out", whole, *overrides)
+
+    cut = tmp_path / "cut"
+    proc = kill_after_first_save(["stage", "pretrain", DEMO, "--out", cut, *overrides], cut / "pretrain" / "resume" / "counters.json")
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((cut / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "running"
+    assert not (cut / "pretrain" / "model.safetensors").exists()
+    result = chatsmith("stage", "pretrain", DEMO, "--out", cut, *overrides)
+    assert "resuming from step" in result.stdout + result.stderr
+
+    a, b = load_file(whole / "pretrain" / "model.safetensors"), load_file(cut / "pretrain" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps_a = [json.loads(l)["loss"] for l in (whole / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    steps_b = [json.loads(l)["loss"] for l in (cut / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert steps_a == steps_b
