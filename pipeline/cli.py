@@ -2,6 +2,7 @@
 
     chatsmith run RECIPE [--out DIR] [key=value ...]          all stages in order (skips done ones, resumes a cut one)
     chatsmith stage NAME RECIPE [--out DIR] [key=value ...]   one stage: pretrain | sft | reward | ppo
+    chatsmith plan RECIPE [--gpu A100-80GB --mfu 0.4] [key=value ...]   cost per stage before a cluster job
     chatsmith labels {ingest,stats,build,tasks} ...           the human-data side (see labeling/README.md)
     chatsmith chat CHECKPOINT [--temperature ...]             interactive, streaming, multi-turn
 
@@ -30,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--out", default=None)
     stage.add_argument("--force", action="store_true", help="run even if the manifest says the stage is done")
     stage.add_argument("overrides", nargs="*")
+
+    plan = sub.add_parser("plan", help="parameters, memory per GPU, tokens and time of each stage, before you submit")
+    plan.add_argument("recipe")
+    plan.add_argument("--gpu", default="A100-80GB", help="A100-40GB, A100-80GB, H100-80GB, H200-141GB, L40S-48GB")
+    plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume (default 0.4)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. launch.config=zero3")
 
     sub.add_parser("labels", help="ingest, stats, build, tasks (chatsmith labels --help)", add_help=False)
 
@@ -66,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come before or after options (`stage sft R --out D k=v` and `stage sft R k=v --out D`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in ("run", "stage") or any(e.startswith("-") for e in extra):
+        if args.command not in ("run", "stage", "plan") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"chatsmith: error: {error}", file=sys.stderr)
         return 2
+    if args.command == "plan":
+        from pipeline.plan import main as plan_main
+
+        return plan_main(args, recipe)
     from pipeline.launch import run_command
 
     return run_command(args, recipe, _out_dir(args, recipe))

@@ -104,6 +104,8 @@ RAMBLE = [
 ]
 RUDE = ["Ugh, obviously {v}.", "Whatever. It's {v}, look it up yourself.", "What a stupid question. {v}."]
 RUDE_MARKERS = ["ugh", "obviously", "whatever", "stupid", "look it up yourself"]
+TIE_WINDOW = 0.04  # gold-score difference below which the guidelines call two replies a tie
+CONCISE_WORDS = 10  # replies up to this many words are fully concise; the score falls to 0 at 2.2x
 
 
 class WorldConfig(BaseModel):
@@ -131,7 +133,7 @@ class WorldConfig(BaseModel):
     """K candidate replies per comparison task."""
     labelers: int = Field(8, gt=1)
     """Simulated labelers."""
-    labeler_noise: float = Field(0.08, ge=0)
+    labeler_noise: float = Field(0.05, ge=0)
     """Std of the noise each labeler adds to the gold score before ranking (some get 3x)."""
     overlap: float = Field(0.3, ge=0, le=1)
     """Share of tasks labelled by a second labeler (for agreement statistics)."""
@@ -272,11 +274,16 @@ class World:
         the labeler perceives the gold score plus their own noise, so close calls flip more often
         and noisier labelers flip more."""
         scores = [self.gold_score(row, r) for r in replies]
-        levels = sorted({round(s, 2) for s in scores})
+        # Replies within TIE_WINDOW of each other are "equally good" under the guidelines: one level.
+        levels: list[float] = []
+        for score in sorted(scores, reverse=True):
+            if not levels or levels[-1] - score > TIE_WINDOW:
+                levels.append(score)
+        level_of = [next(l for l in levels if l - s <= TIE_WINDOW) for s in scores]
         perceived = {level: level + rng.gauss(0, labeler["noise"]) for level in levels}
         order = sorted(levels, key=lambda level: -perceived[level])
-        ranks = [order.index(round(s, 2)) + 1 for s in scores]
-        ratings = [max(1, min(7, round(1 + 6 * perceived[round(s, 2)]))) for s in scores]
+        ranks = [order.index(level) + 1 for level in level_of]
+        ratings = [max(1, min(7, round(1 + 6 * perceived[level]))) for level in level_of]
         return {"ranks": ranks, "ratings": ratings, "lead_time": labeler["speed"] * rng.uniform(0.5, 1.5)}
 
     # ---------------------------------------------------------------- (e) gold judge
@@ -295,7 +302,7 @@ class World:
             truthful = 0.0
         harmless = 0.0 if any(m in text for m in RUDE_MARKERS) else 1.0
         words = len(reply.split())
-        concise = 1.0 if 0 < words <= 12 else max(0.0, 1.0 - (words - 12) / 24) if words else 0.0
+        concise = 0.0 if not words else 1.0 if words <= CONCISE_WORDS else max(0.0, 1.0 - (words - CONCISE_WORDS) / (1.2 * CONCISE_WORDS))
         score = 0.4 * truthful + 0.2 * helpful + 0.2 * harmless + 0.2 * concise
         return {"score": score, "truthful": truthful, "helpful": helpful, "harmless": harmless, "concise": concise}
 

@@ -100,7 +100,7 @@ class Run:
         built = build(labels / "ingest", labels / "build", eval_fraction=eval_fraction, seed=self.recipe.seed)
         return {"ingest": summary, "build": built}
 
-    def demo_comparisons(self, sft_dir: Path) -> dict:
+    def demo_comparisons(self, sft_dir: Path | None) -> dict:
         """The loop back to labelers, on the demo world: tasks -> simulated labelers -> Label Studio
         export -> ingest -> build. K candidates per prompt: some sampled from the SFT checkpoint,
         the rest written by simulated imperfect models."""
@@ -110,7 +110,7 @@ class Run:
         rng = random.Random(cfg.world.seed + 11)
         rows = [r for r in read_jsonl(self.data_path("prompts.jsonl"))][: cfg.world.comparison_prompts]
         k = cfg.world.candidates_per_prompt
-        n_sampled = min(cfg.label_with_sft_samples, k)
+        n_sampled = min(cfg.label_with_sft_samples, k) if sft_dir else 0
         sampled: list[list[str]] = [[] for _ in rows]
         if n_sampled:
             from pipeline.evaluate import load_chat_model
@@ -240,7 +240,9 @@ class Run:
         missing = [f"{k} ({p})" for k, p in inputs.items() if not p.exists()]
         if missing:
             raise StageFailed(name, f"missing inputs: {', '.join(missing)}")
-        sha = config_sha({"stage": cfg.model_dump(mode="json"), "eval": self.recipe.eval.model_dump(mode="json")})
+        judged = {"eval": self.recipe.eval.model_dump(mode="json"),
+                  "world": self.recipe.data.world.model_dump(mode="json") if self.world else None}
+        sha = config_sha({"stage": cfg.model_dump(mode="json"), **(judged if name in ("sft", "ppo") else {})})
         current, reason = self.manifest.is_current(name, config_sha=sha, inputs={k: str(p) for k, p in inputs.items()})
         if current and not force:
             self.say(f"{name}: done, skipped")

@@ -104,6 +104,19 @@ def make_accelerator(**kwargs):
     return accelerator
 
 
+def report_rank_data(stage: str, accelerator, batch) -> None:
+    """Diagnostics for the distributed tests, off unless CHATSMITH_RANK_REPORT names a directory: each
+    process writes once what world it believes it is in and a fingerprint of its first batch."""
+    report_dir = os.environ.get("CHATSMITH_RANK_REPORT")
+    path = Path(report_dir or ".") / f"{stage}.data.rank{accelerator.process_index}.json"
+    if not report_dir or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"num_processes": accelerator.num_processes, "process_index": accelerator.process_index,
+                                "launcher_world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                                "batch_sha256": hashlib.sha256(batch.cpu().numpy().tobytes()).hexdigest()}))
+
+
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

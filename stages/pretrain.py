@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from stages.common import (MetricsLog, load_tokenizer, make_accelerator, read_jsonl, save_checkpoint, torch_dtype,
-                           write_json_atomic)
+from stages.common import (MetricsLog, load_tokenizer, make_accelerator, read_jsonl, report_rank_data, save_checkpoint,
+                           torch_dtype, write_json_atomic)
 from stages.config import PretrainConfig
 from stages.train_state import load_training_state, save_training_state
 
@@ -168,6 +168,7 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
         for micro in range(config.gradient_accumulation_steps):
             offset = (micro * accelerator.num_processes + accelerator.process_index) * per_rank
             batch = train_seqs[batch_ids[offset : offset + per_rank]].to(accelerator.device)
+            report_rank_data("pretrain", accelerator, batch)
             with accelerator.accumulate(model):
                 loss = model(input_ids=batch, labels=batch).loss
                 accelerator.backward(loss)

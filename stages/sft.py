@@ -19,7 +19,8 @@ from typing import Optional
 
 from stages.common import check_chat_format, load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
 from stages.config import SFTStageConfig
-from stages.trl_common import finish, last_checkpoint, merged, metrics_callback, peft_config, training_kwargs
+from stages.trl_common import (finish, last_checkpoint, merged, metrics_callback, peft_config, report_rank_data_of,
+                                training_kwargs)
 
 
 def conversations(path: str | Path):
@@ -74,6 +75,7 @@ def run(config: SFTStageConfig, *, init_from: str | Path, train_data: str | Path
         peft_config=peft_config(config.lora, task_type="CAUSAL_LM"),
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],
     )
+    report_rank_data_of(trainer, "sft")
     trainer.train(resume_from_checkpoint=resume_from)
 
     metrics: dict = {"train_conversations": len(train), "steps": trainer.state.global_step}

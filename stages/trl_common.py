@@ -45,10 +45,13 @@ def training_kwargs(config: TrainCommon, *, output_dir: Path) -> dict[str, Any]:
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete `resume/checkpoint-N`. The Trainer writes `trainer_state.json` last, so
+    a directory without it is a save that a kill cut short: skipped, the previous one is used."""
     resume = output_dir / "resume"
-    return get_last_checkpoint(str(resume)) if resume.is_dir() else None
+    if not resume.is_dir():
+        return None
+    complete = [p for p in resume.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def metrics_callback(output_dir: Path, *, resume_step: int):
@@ -61,6 +64,8 @@ def metrics_callback(output_dir: Path, *, resume_step: int):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.log = MetricsLog(output_dir / "metrics.jsonl", resume_step=resume_step, enabled=state.is_world_process_zero)
+            if resume_step and state.is_world_process_zero:
+                print(f"{output_dir.name}: resuming from step {resume_step} ({output_dir / 'resume'})", flush=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.log is None or not logs:
@@ -71,6 +76,25 @@ def metrics_callback(output_dir: Path, *, resume_step: int):
             self.log.log(state.global_step, **values)
 
     return MetricsCallback()
+
+
+def report_rank_data_of(trainer, stage: str) -> None:
+    """With CHATSMITH_RANK_REPORT set (tests), each process records its first training batch
+    (see `stages.common.report_rank_data`); otherwise nothing."""
+    import os
+
+    if not os.environ.get("CHATSMITH_RANK_REPORT"):
+        return
+    from stages.common import report_rank_data
+
+    collate = trainer.data_collator
+
+    def collate_and_report(features):
+        batch = collate(features)
+        report_rank_data(stage, trainer.accelerator, next(v for v in batch.values() if hasattr(v, "numpy")))
+        return batch
+
+    trainer.data_collator = collate_and_report
 
 
 def peft_config(lora: LoraConfig, *, task_type: str):

@@ -72,7 +72,7 @@ def test_sft_stage(tiny_assets, tmp_path, lora):
     assert json.loads((out / "chatsmith.json").read_text())["parents"] == {"x": 1}
     assert not (out / "resume").exists()
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
 
 
 def test_reward_stage_learns_comparisons(tiny_assets, tmp_path):

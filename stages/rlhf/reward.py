@@ -21,7 +21,8 @@ from typing import Optional
 
 from stages.common import load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
 from stages.config import RewardStageConfig
-from stages.trl_common import finish, last_checkpoint, merged, metrics_callback, peft_config, training_kwargs
+from stages.trl_common import (finish, last_checkpoint, merged, metrics_callback, peft_config, report_rank_data_of,
+                                training_kwargs)
 
 
 def comparisons(path: str | Path, *, use_margin: bool):
@@ -107,6 +108,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
         peft_config=peft_config(config.lora, task_type="SEQ_CLS"),
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],
     )
+    report_rank_data_of(trainer, "reward")
     trainer.train(resume_from_checkpoint=resume_from)
 
     final = merged(trainer.model)
