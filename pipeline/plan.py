@@ -113,8 +113,12 @@ def zero_stage(recipe: Recipe) -> str:
 
 def states_memory(trained: ModelSize, *, zero: str, gpus_per_node: int, nodes: int) -> tuple[int, int, str]:
     """(GPU bytes, CPU bytes, how) for the trained model's params + grads + Adam states."""
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout on import
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     if zero in ("zero3", "zero3-offload"):
         offload = zero == "zero3-offload"

@@ -42,7 +42,8 @@ def stage_table(run_dir: Path) -> str:
             continue
         metrics = json.loads(eval_path.read_text())
         figures = ", ".join(f"{k}={_fmt(metrics[k])}" for k in HEADLINE[name] if k in metrics)
-        rows.append(f"| {name} | {figures} | {_fmt(metrics.get('stage_seconds'))} |")
+        seconds = metrics.get("stage_seconds")
+        rows.append(f"| {name} | {figures} | {'—' if seconds is None else f'{seconds:.0f}'} |")
     return "| stage | figures | seconds |\n|---|---|---|\n" + "\n".join(rows)
 
 
@@ -110,10 +111,17 @@ def write_report(run_dir: str | Path, *, recipe_name: str, samples: int = 4) -> 
     if labels.exists():
         made = json.loads(labels.read_text())
         ingest = made.get("ingest", {})
+        build = made.get("build", {})
+        reasons = ", ".join(f"{k} {v}" for k, v in (ingest.get("reasons") or {}).items()) or "none"
         parts += ["## Labels", "",
-                  f"Comparison tasks from the SFT checkpoint, ranked by simulated labelers, exported as Label Studio JSON "
-                  f"and ingested: read {ingest.get('read')}, accepted {ingest.get('accepted')}, rejected "
-                  f"{ingest.get('rejected')} ({ingest.get('reasons')}). Built: {made.get('build')}.", ""]
+                  "Comparison tasks (K replies per prompt, some sampled from the SFT checkpoint) ranked by simulated "
+                  "labelers, exported as Label Studio JSON and ingested like any labeler export "
+                  "(`labels/ingest/summary.json`, `labels/ingest/rejected.jsonl`):", "",
+                  f"- read {ingest.get('read')}, accepted {ingest.get('accepted')}, rejected {ingest.get('rejected')} ({reasons})",
+                  f"- built {build.get('comparisons_train')} training and {build.get('comparisons_eval')} held-out "
+                  f"comparisons from {build.get('prompts')} prompts ({build.get('eval_prompts')} held out); "
+                  f"{build.get('tied_pairs_dropped')} tied pairs dropped",
+                  "- agreement and labeler figures: `chatsmith labels stats labels/ingest`", ""]
     parts += ["## Curves", ""]
     for name in STAGE_ORDER:
         plot = _plot(run_dir, name)

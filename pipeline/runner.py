@@ -213,10 +213,17 @@ class Run:
             cfg = stages.ppo
             policy = cfg.policy or (self.stage_dir("sft") if stages.sft else None)
             reward = cfg.reward_model or (self.stage_dir("reward") if stages.reward else None)
-            if policy is None or reward is None:
+            dpo = cfg.algorithm == "dpo"  # DPO learns straight from the comparisons: no reward model needed
+            if policy is None or (reward is None and not dpo):
                 raise StageFailed("ppo", "set stages.ppo.policy and stages.ppo.reward_model (no sft/reward stage in the recipe)")
-            inputs = {"policy": Path(policy), "reward_model": Path(reward),
-                      "prompts": Path(cfg.prompts or self.data_path("prompts.jsonl"))}
+            inputs = {"policy": Path(policy), "prompts": Path(cfg.prompts or self.data_path("prompts.jsonl"))}
+            if reward is not None:
+                inputs["reward_model"] = Path(reward)
+            if dpo:
+                comparisons = self.stage_inputs("reward")["train_data"] if stages.reward else self.recipe.data.comparisons
+                if comparisons is None:
+                    raise StageFailed("ppo", "algorithm dpo needs comparisons: data.comparisons or a reward stage's data")
+                inputs["comparisons"] = Path(comparisons)
             eval_prompts = cfg.eval_prompts or self.data_path("eval_prompts.jsonl")
             if Path(eval_prompts).exists():
                 inputs["eval_prompts"] = Path(eval_prompts)
@@ -306,12 +313,10 @@ class Run:
         if name == "ppo":
             from stages.rlhf import ppo
 
-            comparisons = None
-            if cfg.algorithm == "dpo":  # DPO learns from the comparisons the reward model was trained on
-                comparisons = self.stage_inputs("reward")["train_data"] if self.recipe.stages.reward else self.recipe.data.comparisons
-            return ppo.run(cfg, policy=inputs["policy"], reward_model=inputs["reward_model"], prompts=inputs["prompts"],
+            return ppo.run(cfg, policy=inputs["policy"], reward_model=inputs.get("reward_model"), prompts=inputs["prompts"],
                            eval_prompts=inputs.get("eval_prompts"), output_dir=out, meta=meta,
-                           gold_scorer=self.world.gold_scorer() if self.world else None, comparisons=comparisons)
+                           gold_scorer=self.world.gold_scorer() if self.world else None,
+                           comparisons=inputs.get("comparisons"))
         raise ValueError(name)
 
     def after_training(self, name: str, metrics: dict, inputs: dict[str, Path], out: Path) -> dict:

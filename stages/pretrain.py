@@ -182,7 +182,8 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
         step += 1
         progress.update(1)
         if step % config.logging_steps == 0 or step == config.max_steps:
-            mean_loss = (running_loss / (config.gradient_accumulation_steps * config.logging_steps)).item()
+            # The global batch's loss: the mean over processes (a collective; every rank logs in step).
+            mean_loss = (accelerator.reduce(running_loss, reduction="mean") / (config.gradient_accumulation_steps * config.logging_steps)).item()
             elapsed = time.perf_counter() - window_start
             log.log(step, loss=mean_loss, lr=scheduler.get_last_lr()[0], tokens_per_s=running_tokens / elapsed, epoch=step / steps_per_epoch)
             progress.set_postfix(loss=f"{mean_loss:.3f}")

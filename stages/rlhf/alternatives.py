@@ -25,7 +25,6 @@ generated, at the last token of prompt + reply, normalised and penalised exactly
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -34,8 +33,6 @@ from stages.common import prompt_messages, save_checkpoint, torch_dtype, write_j
 from stages.config import PPOStageConfig
 from stages.rlhf import ppo
 from stages.trl_common import finish, last_checkpoint, merged, metrics_callback, peft_config, training_kwargs
-
-log = logging.getLogger("chatsmith.alternatives")
 
 
 def run(

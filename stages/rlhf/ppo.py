@@ -859,7 +859,10 @@ def run(
 
 
 def _train_loop(trainer: _PPO, metrics: MetricsLog) -> None:
+    from tqdm.auto import tqdm
+
     config, accelerator = trainer.config, trainer.accelerator
+    progress = tqdm(total=config.max_steps, initial=trainer.state["step"], desc="ppo", disable=not accelerator.is_main_process)
     while trainer.state["step"] < config.max_steps:
         step = trainer.state["step"] + 1
         # Sampling randomness is a pure function of (seed, update, process): resume draws the same replies.
@@ -895,10 +898,13 @@ def _train_loop(trainer: _PPO, metrics: MetricsLog) -> None:
         if warnings:
             stats["warnings"] = warnings
         row = metrics.log(step, **stats)
+        progress.update(1)
+        progress.set_postfix({k: f"{row[k]:.2f}" for k in ("reward_raw", "kl") if isinstance(row.get(k), float)})
         if step % config.logging_steps == 0 or step == config.max_steps:
             log.info("ppo update %d/%d: %s", step, config.max_steps, {k: row[k] for k in ("reward_raw", "kl", "entropy", "reply_length", "time_s") if k in row})
         if step % config.save_steps == 0 or step == config.max_steps:
             trainer.save_resume()
+    progress.close()
 
 
 def _reduce(accelerator, stats: dict) -> dict:
