@@ -19,7 +19,7 @@ from typing import Optional
 
 from stages.common import check_chat_format, load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
 from stages.config import SFTStageConfig
-from stages.trl_common import (finish, last_checkpoint, merged, metrics_callback, peft_config, report_rank_data_of,
+from stages.trl_common import (finish, merged, metrics_callback, peft_config, report_rank_data_of, resume_point,
                                 training_kwargs)
 
 
@@ -53,18 +53,15 @@ def run(config: SFTStageConfig, *, init_from: str | Path, train_data: str | Path
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    resume_from = last_checkpoint(output_dir)
-    resume_step = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
+    resume_from, resume_step = resume_point(output_dir)
     args = SFTConfig(
         **training_kwargs(config, output_dir=output_dir),
-        num_train_epochs=config.num_train_epochs or 1.0,
+        num_train_epochs=config.num_train_epochs or 10_000,  # max_steps decides unless epochs are set
         max_length=config.max_length,
         assistant_only_loss=True,
         packing=config.packing,
         dataset_num_proc=None,
     )
-    if config.num_train_epochs is None:
-        args.num_train_epochs = 10_000  # max_steps decides
     train = conversations(train_data)
     trainer = SFTTrainer(
         model=model,

@@ -54,6 +54,12 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
+def resume_point(output_dir: Path) -> tuple[str | None, int]:
+    """The checkpoint to resume from (None to start fresh) and its step."""
+    checkpoint = last_checkpoint(output_dir)
+    return checkpoint, int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+
+
 def metrics_callback(output_dir: Path, *, resume_step: int):
     """A TrainerCallback that mirrors the trainer's log lines into `metrics.jsonl`."""
     from transformers import TrainerCallback

@@ -40,7 +40,7 @@ def _write_prompts(path: Path, count: int, offset: int = 0):
 def _train_policy(path: Path, tokenizer):
     """A tiny causal LM that answers lynx (about 2/3) or heron (1/3) and ends with the end-of-turn token:
     greedy decoding says lynx, so the gold score of the SFT policy is 0 until PPO finds the heron."""
-    from conftest import build_tiny_model
+    from tiny_models import build_tiny_model
 
     model = build_tiny_model(path, tokenizer, kind="causal", seed=3)
     texts = [
@@ -67,7 +67,7 @@ def _heron_reward_model(path: Path, tokenizer):
     """Hand-set reward model: zero query/key -> uniform attention over the sequence, identity value
     and output projections, no MLP; only the " heron" embedding has a component along dimension 0,
     and the score head reads dimension 0. The score grows with the share of " heron" tokens."""
-    from conftest import build_tiny_model
+    from tiny_models import build_tiny_model
 
     model = build_tiny_model(path, tokenizer, kind="reward", seed=1)
     heron_id = tokenizer(" heron", add_special_tokens=False)["input_ids"]

@@ -15,7 +15,7 @@ TINY = [
     "stages.pretrain.model={architecture: llama, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128}",
     "stages.pretrain.seq_len=64", "stages.pretrain.batch_size=8", "stages.pretrain.max_steps=30",
     "stages.pretrain.save_steps=10", "stages.pretrain.logging_steps=5", "stages.pretrain.warmup_steps=2",
-    "stages.sft.max_steps=30", "stages.sft.batch_size=8", "stages.sft.save_steps=10", "stages.sft.logging_steps=5",
+    "stages.sft.max_steps=80", "stages.sft.batch_size=8", "stages.sft.save_steps=40", "stages.sft.logging_steps=10",
     "stages.sft.learning_rate=2e-3",
     "stages.reward.max_steps=8", "stages.reward.batch_size=8", "stages.reward.save_steps=4", "stages.reward.logging_steps=2",
     "stages.ppo.max_steps=3", "stages.ppo.rollout_batch_size=8", "stages.ppo.max_new_tokens=12", "stages.ppo.save_steps=1",

@@ -21,7 +21,7 @@ from typing import Optional
 
 from stages.common import load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
 from stages.config import RewardStageConfig
-from stages.trl_common import (finish, last_checkpoint, merged, metrics_callback, peft_config, report_rank_data_of,
+from stages.trl_common import (finish, merged, metrics_callback, peft_config, report_rank_data_of, resume_point,
                                 training_kwargs)
 
 
@@ -93,8 +93,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
 
-    resume_from = last_checkpoint(output_dir)
-    resume_step = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
+    resume_from, resume_step = resume_point(output_dir)
     args = RewardConfig(
         **training_kwargs(config, output_dir=output_dir),
         num_train_epochs=config.num_train_epochs or 10_000,
