@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -156,9 +157,7 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
 
     model.train()
     progress = tqdm(total=config.max_steps, initial=step, desc="pretrain", disable=not accelerator.is_main_process)
-    running_loss, running_tokens, window_start = 0.0, 0, None
-    import time
-
+    running_loss, running_micro, running_tokens = 0.0, 0, 0
     window_start = time.perf_counter()
     while step < config.max_steps:
         epoch, index_in_epoch = divmod(step, steps_per_epoch)
@@ -177,20 +176,25 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             running_loss += loss.detach()
+            running_micro += 1
             running_tokens += batch.numel() * accelerator.num_processes
         scheduler.step()
         step += 1
         progress.update(1)
-        if step % config.logging_steps == 0 or step == config.max_steps:
+        log_now = step % config.logging_steps == 0 or step == config.max_steps
+        save_now = step % config.save_steps == 0 and step < config.max_steps
+        # Checked when logging or saving, not every step (each check is a device sync): a NaN
+        # anywhere in the window poisons the running sum, and no save is written after it.
+        if (log_now or save_now) and not torch.isfinite(running_loss):
+            raise FloatingPointError(f"pretrain: non-finite loss before step {step}; last good save is in {resume_dir}")
+        if log_now:
             # The global batch's loss: the mean over processes (a collective; every rank logs in step).
-            mean_loss = (accelerator.reduce(running_loss, reduction="mean") / (config.gradient_accumulation_steps * config.logging_steps)).item()
+            mean_loss = (accelerator.reduce(running_loss, reduction="mean") / running_micro).item()
             elapsed = time.perf_counter() - window_start
             log.log(step, loss=mean_loss, lr=scheduler.get_last_lr()[0], tokens_per_s=running_tokens / elapsed, epoch=step / steps_per_epoch)
             progress.set_postfix(loss=f"{mean_loss:.3f}")
-            running_loss, running_tokens, window_start = 0.0, 0, time.perf_counter()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step}; last good save is in {resume_dir}")
-        if step % config.save_steps == 0 and step < config.max_steps:
+            running_loss, running_micro, running_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        if save_now:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_training_state(resume_dir, models={"model": accelerator.unwrap_model(model)},

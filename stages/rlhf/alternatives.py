@@ -32,7 +32,7 @@ import torch
 from stages.common import prompt_messages, save_checkpoint, torch_dtype, write_json_atomic
 from stages.config import PPOStageConfig
 from stages.rlhf import ppo
-from stages.trl_common import finish, last_checkpoint, merged, metrics_callback, peft_config, training_kwargs
+from stages.trl_common import finish, merged, metrics_callback, peft_config, resume_point, training_kwargs
 
 
 def run(
@@ -63,8 +63,8 @@ def run(
     model = _load_policy(config, policy_path, tokenizer)
     reward = _load_reward_model(config, reward_path) if reward_path is not None else None
 
-    resume_from = last_checkpoint(output_dir)
-    callbacks = [metrics_callback(output_dir, resume_step=int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)]
+    resume_from, resume_step = resume_point(output_dir)
+    callbacks = [metrics_callback(output_dir, resume_step=resume_step)]
     if config.algorithm == "dpo":
         trainer = _dpo_trainer(config, model, tokenizer, comparisons, output_dir, callbacks)
     else:
