@@ -56,7 +56,7 @@ def run_command(args, recipe: Recipe, out_dir: str) -> int:
             run.launcher = lambda name: launch_stage(args, recipe, run, name, coordinator=coordinator)
         try:
             if args.command == "stage":
-                run.prepare()
+                run.prepare(only=args.name)
                 metrics = run.run_stage(args.name, force=args.force)
                 print(json.dumps({args.name: metrics}, indent=2, default=str))
             else:

@@ -352,12 +352,15 @@ class Run:
         return metrics
 
     # ------------------------------------------------------------------ the whole chain
-    def prepare(self) -> None:
+    def prepare(self, *, only: str | None = None) -> None:
+        """Resolved recipe, manifest and data; the tokenizer too unless the one stage to run
+        (`only`) starts from existing checkpoints (a standalone SFT, reward or PPO run)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "recipe.yaml").write_text(dump_recipe(self.recipe))
         self.manifest = Manifest(self.dir)
         self.materialise_data()
-        self.ensure_tokenizer()
+        if only in (None, "pretrain"):
+            self.ensure_tokenizer()
 
     def ensure_tokenizer(self) -> None:
         from stages import tokenizer as tokenizer_stage
@@ -371,6 +374,9 @@ class Run:
             return
         self.say(f"tokenizer: {'training a byte-level BPE' if cfg.train else 'taken from ' + str(cfg.from_checkpoint)}")
         self.manifest.start("tokenizer", config_sha=sha, inputs=inputs, output=str(out), reason=reason)
+        if cfg.train and not self.data_path("pretrain.jsonl").exists():
+            raise StageFailed("tokenizer", "tokenizer.train is true but the recipe has no pretraining text "
+                                           "(data.pretrain_text); or set tokenizer.train=false and tokenizer.from_checkpoint")
         documents = (row["text"] for row in read_jsonl(self.data_path("pretrain.jsonl"))) if cfg.train else None
         tok = tokenizer_stage.run(cfg, documents=documents, output_dir=out)
         self.manifest.finish("tokenizer", metrics={"vocab_size": len(tok)})

@@ -1,0 +1,27 @@
+"""`chatsmith stage ppo` on its own: a policy, a reward model and a prompts file are all it needs."""
+
+import json
+
+from stages.common import write_jsonl
+from tiny import DEMO, chatsmith
+
+
+def test_standalone_ppo_needs_nothing_else_from_the_run_dir(tiny_assets, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": f"What is the river of Alder? ({i})"} for i in range(12)]
+                + [{"messages": [{"role": "user", "content": f"Hello {i}"}]} for i in range(12)])
+    out = tmp_path / "run"
+    chatsmith("stage", "ppo", DEMO, "--out", out, "data.source=files",
+              f"stages.ppo.policy={tiny_assets['policy']}", f"stages.ppo.reward_model={tiny_assets['reward']}",
+              f"stages.ppo.prompts={prompts}", "stages.ppo.rollout_batch_size=4", "stages.ppo.max_new_tokens=8",
+              "stages.ppo.ppo_epochs=2", "stages.ppo.num_minibatches=2", "stages.ppo.max_steps=2",
+              "stages.ppo.eval_steps=1", "stages.ppo.num_eval_prompts=4", "stages.ppo.batch_size=4")
+    evals = json.loads((out / "ppo" / "eval.json").read_text())
+    assert {"kl_to_sft", "end_of_turn_rate", "reward_score"} <= set(evals)
+    assert not (out / "tokenizer").exists() and not (out / "data" / "pretrain.jsonl").exists()
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]["ppo"]
+    assert manifest["status"] == "done"
+    assert manifest["inputs"]["policy"]["path"] == str(tiny_assets["policy"])
+    assert manifest["inputs"]["prompts"]["sha256"]
+    rows = [json.loads(l) for l in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward_raw" in r] == [1, 2]
