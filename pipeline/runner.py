@@ -315,7 +315,8 @@ class Run:
 
             return ppo.run(cfg, policy=inputs["policy"], reward_model=inputs.get("reward_model"), prompts=inputs["prompts"],
                            eval_prompts=inputs.get("eval_prompts"), output_dir=out, meta=meta,
-                           gold_scorer=self.world.gold_scorer() if self.world else None,
+                           # the judge knows the demo world's held-out prompts, not a user's own
+                           gold_scorer=self.world.gold_scorer() if self.world and not cfg.eval_prompts else None,
                            comparisons=inputs.get("comparisons"))
         raise ValueError(name)
 
