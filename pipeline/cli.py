@@ -57,13 +57,6 @@ def _out_dir(args, recipe) -> str:
     return args.out or os.path.join("runs", recipe.name)
 
 
-def _split_overrides(values: list[str]) -> list[str]:
-    bad = [v for v in values if "=" not in v]
-    if bad:
-        raise SystemExit(f"chatsmith: error: {bad[0]!r} is not a key=value override")
-    return values
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "labels":
@@ -88,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.recipe import RecipeError, load_recipe
 
     try:
-        recipe = load_recipe(args.recipe, _split_overrides(args.overrides))
+        recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as error:
         print(f"chatsmith: error: {error}", file=sys.stderr)
         return 2

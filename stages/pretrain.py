@@ -36,7 +36,8 @@ def split_documents(documents: list[str], *, eval_fraction: float, seed: int) ->
 
 
 def pack(tokenizer, documents: list[str], seq_len: int):
-    """Token ids of all documents, each followed by EOS, as a [N, seq_len] tensor (tail dropped)."""
+    """Token ids of all documents, each followed by EOS, as a [N, seq_len] tensor (tail dropped),
+    and the length of the whole token stream before the tail was dropped."""
     import torch
 
     ids: list[int] = []
@@ -46,7 +47,7 @@ def pack(tokenizer, documents: list[str], seq_len: int):
     n = len(ids) // seq_len
     if n == 0:
         raise ValueError(f"not enough text for one sequence of {seq_len} tokens ({len(ids)} tokens)")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len), len(ids)
 
 
 def build_model(config: PretrainConfig, tokenizer):
@@ -94,8 +95,9 @@ def make_scheduler(optimizer, config, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
 
 
-def evaluate(model, sequences, *, batch_size: int, eval_bytes: int, accelerator) -> dict:
-    """Mean next-token loss over all held-out sequences, and bits per UTF-8 byte of their text."""
+def evaluate(model, sequences, *, batch_size: int, bytes_per_token: float, accelerator) -> dict:
+    """Mean next-token loss over all held-out sequences, and bits per UTF-8 byte of their text
+    (`bytes_per_token`: the held-out text's bytes over its token count)."""
     import torch
 
     model.eval()
@@ -109,8 +111,7 @@ def evaluate(model, sequences, *, batch_size: int, eval_bytes: int, accelerator)
             total_tokens += n
     model.train()
     eval_loss = total_nats / total_tokens
-    # Packed sequences cover the eval text (minus the dropped tail) in proportion to tokens.
-    covered_bytes = eval_bytes * total_tokens / max(1, total_tokens + sequences.shape[0])
+    covered_bytes = bytes_per_token * total_tokens
     return {"eval_loss": eval_loss, "bits_per_byte": total_nats / math.log(2) / covered_bytes, "eval_tokens": total_tokens}
 
 
@@ -126,9 +127,9 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
 
     texts = [row["text"] for row in read_jsonl(documents)]
     train_texts, eval_texts = split_documents(texts, eval_fraction=config.eval_fraction, seed=config.seed)
-    train_seqs = pack(tokenizer, train_texts, config.seq_len)
-    eval_seqs = pack(tokenizer, eval_texts, config.seq_len)
-    eval_bytes = sum(len(t.encode("utf-8")) for t in eval_texts)
+    train_seqs, _ = pack(tokenizer, train_texts, config.seq_len)
+    eval_seqs, eval_stream_tokens = pack(tokenizer, eval_texts, config.seq_len)
+    bytes_per_token = sum(len(t.encode("utf-8")) for t in eval_texts) / eval_stream_tokens
 
     model = build_model(config, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
@@ -202,7 +203,7 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
                                     counters={"step": step})
     progress.close()
 
-    metrics = evaluate(model, eval_seqs, batch_size=per_rank, eval_bytes=eval_bytes, accelerator=accelerator)
+    metrics = evaluate(model, eval_seqs, batch_size=per_rank, bytes_per_token=bytes_per_token, accelerator=accelerator)
     metrics.update(train_sequences=len(train_seqs), steps=step, epochs=step / steps_per_epoch)
     accelerator.wait_for_everyone()
     weights = accelerator.get_state_dict(model)  # whole on the main process even when ZeRO-3 shards them

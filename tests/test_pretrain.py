@@ -20,10 +20,11 @@ def test_pack_fills_sequences_with_documents_and_eos(tiny_assets):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
     docs = ["The river of Alder is the Sorrel.", "People in Brim eat plum cake.", "Hello!"] * 10
-    seqs = pack(tokenizer, docs, 16)
+    seqs, stream_tokens = pack(tokenizer, docs, 16)
     ids = [t for d in tokenizer(docs, add_special_tokens=False)["input_ids"] for t in d + [tokenizer.eos_token_id]]
     assert seqs.shape == (len(ids) // 16, 16)
     assert seqs.flatten().tolist() == ids[: seqs.numel()]
+    assert stream_tokens == len(ids)
     assert tokenizer.pad_token_id not in seqs.flatten().tolist()
 
 

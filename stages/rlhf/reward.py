@@ -67,9 +67,14 @@ def score(model, tokenizer, conversations: list[list[dict]], *, batch_size: int 
     return scores
 
 
-def pairwise_accuracy(model, tokenizer, rows: list[dict], *, batch_size: int = 32) -> dict:
+def score_pairs(model, tokenizer, rows: list[dict], *, batch_size: int = 32) -> tuple[list[float], list[float]]:
+    """Rewards of each comparison's chosen and rejected conversation."""
     chosen = score(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows], batch_size=batch_size)
     rejected = score(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows], batch_size=batch_size)
+    return chosen, rejected
+
+
+def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> dict:
     wins = [c > r for c, r in zip(chosen, rejected)]
     return {"pairwise_accuracy": sum(wins) / max(1, len(wins)), "eval_comparisons": len(wins),
             "eval_margin_mean": sum(c - r for c, r in zip(chosen, rejected)) / max(1, len(wins))}
@@ -114,14 +119,14 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     final.eval()
     metrics: dict = {"train_comparisons": len(train), "steps": trainer.state.global_step}
     train_rows = [dict(r) for r in train.select(range(min(len(train), 512)))]
-    train_scores = score(final, tokenizer, [r["prompt"] + r["chosen"] for r in train_rows]) + score(
-        final, tokenizer, [r["prompt"] + r["rejected"] for r in train_rows])
+    chosen, rejected = score_pairs(final, tokenizer, train_rows)
+    train_scores = chosen + rejected
     stats = {"mean": statistics.fmean(train_scores), "std": statistics.pstdev(train_scores) or 1.0,
              "count": len(train_scores)}
-    metrics["train_pairwise_accuracy"] = pairwise_accuracy(final, tokenizer, train_rows)["pairwise_accuracy"]
+    metrics["train_pairwise_accuracy"] = pairwise_accuracy(chosen, rejected)["pairwise_accuracy"]
     if eval_data:
         eval_rows = [dict(r) for r in comparisons(eval_data, use_margin=False)]
-        metrics.update(pairwise_accuracy(final, tokenizer, eval_rows))
+        metrics.update(pairwise_accuracy(*score_pairs(final, tokenizer, eval_rows)))
     metrics.update(reward_mean=stats["mean"], reward_std=stats["std"])
     if trainer.is_world_process_zero():
         save_checkpoint(final, tokenizer, output_dir,

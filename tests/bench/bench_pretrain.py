@@ -52,7 +52,7 @@ def bare_run(tokenizer, docs, config) -> float:
     from stages.pretrain import build_model, make_scheduler, pack, split_documents
 
     train_docs, _ = split_documents(docs, eval_fraction=config.eval_fraction, seed=config.seed)
-    data = pack(tokenizer, train_docs, config.seq_len)
+    data, _ = pack(tokenizer, train_docs, config.seq_len)
     model = build_model(config, tokenizer)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
