@@ -309,9 +309,6 @@ class World:
     def gold_score(self, row: dict, reply: str) -> float:
         return self.judge(row, reply)["score"]
 
-    def fact_correct(self, row: dict, reply: str) -> bool:
-        return self.judge(row, reply)["truthful"] == 1.0
-
     def gold_scorer(self):
         """The gold judge as the scoring function PPO's monitor takes: (rows, replies) -> scores."""
         return lambda rows, replies: [self.gold_score(r, x) for r, x in zip(rows, replies)]

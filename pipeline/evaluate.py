@@ -34,21 +34,23 @@ def behaviour(checkpoint: str | Path, rows: list[dict], world: World, *, max_new
     greedy = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
     sampled = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                do_sample=True, temperature=temperature, seed=seed)
-    seen = [world.fact_correct(r, g["reply"]) for r, g in zip(rows, greedy) if r.get("seen")]
-    unseen = [world.fact_correct(r, g["reply"]) for r, g in zip(rows, greedy) if not r.get("seen")]
+    greedy_verdicts = [world.judge(r, g["reply"]) for r, g in zip(rows, greedy)]
+    sampled_verdicts = [world.judge(r, s["reply"]) for r, s in zip(rows, sampled)]
+    seen = [v["truthful"] == 1.0 for r, v in zip(rows, greedy_verdicts) if r.get("seen")]
+    unseen = [v["truthful"] == 1.0 for r, v in zip(rows, greedy_verdicts) if not r.get("seen")]
     metrics = {
         "end_of_turn_rate": statistics.fmean(g["ended"] for g in greedy),
         "fact_accuracy_seen": statistics.fmean(seen) if seen else None,
         "fact_accuracy_pretrain_only": statistics.fmean(unseen) if unseen else None,
-        "gold_score_greedy": statistics.fmean(world.gold_score(r, g["reply"]) for r, g in zip(rows, greedy)),
-        "gold_score": statistics.fmean(world.gold_score(r, s["reply"]) for r, s in zip(rows, sampled)),
+        "gold_score_greedy": statistics.fmean(v["score"] for v in greedy_verdicts),
+        "gold_score": statistics.fmean(v["score"] for v in sampled_verdicts),
         "end_of_turn_rate_sampled": statistics.fmean(s["ended"] for s in sampled),
         "eval_prompts": len(rows),
         "eval_prompts_seen": len(seen),
         "eval_prompts_pretrain_only": len(unseen),
     }
     for criterion in ("truthful", "helpful", "harmless", "concise"):
-        metrics[f"gold_{criterion}"] = statistics.fmean(world.judge(r, s["reply"])[criterion] for r, s in zip(rows, sampled))
+        metrics[f"gold_{criterion}"] = statistics.fmean(v[criterion] for v in sampled_verdicts)
     answers = [{"id": r.get("id"), "prompt": r.get("prompt"), "greedy": g["reply"], "sampled": s["reply"]}
                for r, g, s in zip(rows, greedy, sampled)]
     return metrics, answers

@@ -108,7 +108,7 @@ class Run:
 
         world, cfg = self.world, self.recipe.data
         rng = random.Random(cfg.world.seed + 11)
-        rows = [r for r in read_jsonl(self.data_path("prompts.jsonl"))][: cfg.world.comparison_prompts]
+        rows = read_jsonl(self.data_path("prompts.jsonl"))[: cfg.world.comparison_prompts]
         k = cfg.world.candidates_per_prompt
         n_sampled = min(cfg.label_with_sft_samples, k) if sft_dir else 0
         sampled: list[list[str]] = [[] for _ in rows]
