@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages.common import sha256_path, write_json_atomic
+from stages.checkpoint import sha256_path
+from stages.common import write_json_atomic
 
 
 def now() -> str:
@@ -58,9 +59,13 @@ class Manifest:
         }
         self.save()
 
-    def finish(self, name: str, *, metrics: dict[str, Any], output_sha: str | None = None) -> None:
+    def finish(self, name: str, *, metrics: dict[str, Any], output_sha: str | None = None, seconds: float | None = None) -> None:
+        """`seconds` (wall time) lives here, not in the stage's eval.json: the same recipe, seed and
+        machine give identical eval.json files."""
         entry = self.data["stages"][name]
         entry.update(status="done", finished=now(), metrics=metrics)
+        if seconds is not None:
+            entry["seconds"] = seconds
         if output_sha:
             entry["output_sha256"] = output_sha
         entry.pop("error", None)

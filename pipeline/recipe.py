@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pipeline.demo_world import WorldConfig
-from stages.config import Stages, TokenizerConfig
+from pipeline.demo.config import WorldConfig
+from stages.config import Frozen, Stages, TokenizerConfig, cross_field_error
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key."""
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class LabelsSource(Frozen):
@@ -116,6 +112,36 @@ class Recipe(Frozen):
     launch: LaunchConfig = LaunchConfig()
     """Process launch."""
 
+    @model_validator(mode="after")
+    def _stages_fit_together(self):
+        """Rules between sections, checked when the recipe loads (not hours later when a stage starts)."""
+        problems = [*self._chain_problems(), *self._judge_problems()]
+        if problems:
+            keys = [key for key, _ in problems]
+            raise cross_field_error(tuple(keys), "; ".join(f"{key}: {why}" for key, why in problems))
+        return self
+
+    def _chain_problems(self) -> list[tuple[str, str]]:
+        stages, problems = self.stages, []
+        if stages.sft and not stages.sft.init_from and not stages.pretrain:
+            problems.append(("stages.sft.init_from", "required when stages.pretrain is null"))
+        if stages.reward and not stages.reward.init_from and not stages.sft:
+            problems.append(("stages.reward.init_from", "required when stages.sft is null"))
+        if stages.ppo and not stages.ppo.policy and not stages.sft:
+            problems.append(("stages.ppo.policy", "required when stages.sft is null"))
+        if stages.ppo and stages.ppo.algorithm != "dpo" and not stages.ppo.reward_model and not stages.reward:
+            problems.append(("stages.ppo.reward_model", f"required by algorithm {stages.ppo.algorithm} when stages.reward is null"))
+        if not self.tokenizer.train and not self.tokenizer.from_checkpoint and stages.pretrain:
+            problems.append(("tokenizer.from_checkpoint", "required when tokenizer.train is false"))
+        return problems
+
+    def _judge_problems(self) -> list[tuple[str, str]]:
+        ppo = self.stages.ppo
+        if ppo is not None and getattr(ppo, "select_best", "last") == "gold" and (self.data.source != "demo" or ppo.eval_prompts):
+            return [("stages.ppo.select_best", "gold needs a gold judge, which only the demo world's own held-out prompts "
+                                               "have (data.source: demo, no stages.ppo.eval_prompts); use reward or last")]
+        return []
+
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
@@ -146,38 +172,98 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the section a validation error points into (for 'did you mean')."""
-    from typing import get_args
+RENAMED = {
+    ("stages", "ppo", "dpo_beta"): "stages.ppo.beta (with stages.ppo.algorithm: dpo)",
+}
+"""Keys an earlier chatsmith accepted -> what to write now (see CHANGELOG.md)."""
 
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        current = next((a for a in (field.annotation, *get_args(field.annotation))
-                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+
+def _section_type(model: Any, part: str) -> Any:
+    """The config type of `part` inside `model`: the field's model, or for the RL stage's union the
+    type the algorithm tag names."""
+    from stages.config import RL_CONFIGS
+
+    if part in RL_CONFIGS and not (isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields):
+        return RL_CONFIGS[part]
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        return None
+    annotation = model.model_fields[part].annotation
+    candidates = [annotation, *get_args(annotation)]
+    for arg in list(candidates):
+        candidates += get_args(arg)  # Optional[Annotated[Union[...]]] nests
+    models = list(dict.fromkeys(a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)))
+    return models[0] if len(models) == 1 else annotation
+
+
+def _user_loc(loc: tuple) -> tuple[tuple, Any]:
+    """The dotted path a user wrote (pydantic adds union tags such as `ppo` after `stages.ppo`) and
+    the config type of the section it points into."""
+    from stages.config import RL_CONFIGS
+
+    current: Any = Recipe
+    path: list = []
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-after"):
+            continue
+        if isinstance(part, str) and part in RL_CONFIGS and path[-1:] == ["ppo"] and path[-2:-1] == ["stages"]:
+            current = RL_CONFIGS[part]  # the tag: not a key the user wrote
+            continue
+        path.append(part)
+        current = _section_type(current, part) if not isinstance(part, int) else None
+    return tuple(path), current
+
+
+def _unknown_key_message(path: tuple, parent: Any) -> str:
+    key = ".".join(map(str, path))
+    if path in RENAMED:
+        return f"{key}: renamed; use {RENAMED[path]}"
+    known = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+    close = difflib.get_close_matches(str(path[-1]), known, n=1)
+    return f"{key}: unknown key" + (f"; did you mean {'.'.join(map(str, (*path[:-1], close[0])))}?" if close else "")
+
+
+def _other_algorithm_keys(items: list[dict]) -> tuple[list[dict], str | None]:
+    """Keys under stages.ppo that belong to another RL algorithm, gathered into one line (switching
+    `algorithm` in a recipe written for PPO leaves several)."""
+    from stages.config import RL_CONFIGS
+
+    foreign, rest, algorithm = [], [], None
+    for item in items:
+        loc = tuple(item["loc"])
+        if item["type"] == "extra_forbidden" and loc[:2] == ("stages", "ppo") and len(loc) == 4 and loc[2] in RL_CONFIGS \
+                and loc[3] not in RL_CONFIGS[loc[2]].model_fields and any(loc[3] in k.model_fields for k in RL_CONFIGS.values()):
+            foreign.append(loc[3])
+            algorithm = loc[2]
+        else:
+            rest.append(item)
+    if not foreign:
+        return rest, None
+    return rest, (f"stages.ppo.{', stages.ppo.'.join(foreign)}: not settings of stages.ppo.algorithm {algorithm} "
+                  f"(they belong to other RL algorithms); remove them from the recipe")
+
+
+def _error_line(item: dict) -> str:
+    path, _ = _user_loc(tuple(item["loc"]))
+    key = ".".join(str(p) for p in path) or "(top level)"
+    if item["type"] == "extra_forbidden":
+        return _unknown_key_message(path, _user_loc(tuple(item["loc"])[:-1])[1] if len(path) > 1 else Recipe)
+    if item["type"] == "cross_field":
+        fields = item.get("ctx", {}).get("fields", [])
+        if not path:  # a rule of the whole recipe: the message names each key already
+            return item["msg"]
+        return f"{', '.join(f'{key}.{f}' for f in fields) or key}: {item['msg']}"
+    if item["type"] == "union_tag_invalid":
+        context = item.get("ctx", {})
+        return f"{key}.algorithm: {context.get('tag')!r} is not one of {context.get('expected_tags')}"
+    return f"{key}: {item['msg']} (got {item.get('input')!r})"
 
 
 def validate(data: dict, *, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:
-        lines = []
-        for item in error.errors():
-            loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            if item["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(str(loc[-1]), _known_keys(Recipe, loc), n=1)
-                hint = f"; did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?" if close else ""
-                lines.append(f"{key}: unknown key{hint}")
-            else:
-                lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+        items, foreign = _other_algorithm_keys(error.errors())
+        lines = list(dict.fromkeys([*([foreign] if foreign else []), *(_error_line(item) for item in items)]))
         raise RecipeError(f"{source}: " + "; ".join(lines)) from None
 
 

@@ -36,13 +36,15 @@ def _fmt(value) -> str:
 
 def stage_table(run_dir: Path) -> str:
     rows = []
+    manifest = run_dir / "manifest.json"
+    stages = json.loads(manifest.read_text()).get("stages", {}) if manifest.exists() else {}
     for name in STAGE_ORDER:
         eval_path = run_dir / name / "eval.json"
         if not eval_path.exists():
             continue
         metrics = json.loads(eval_path.read_text())
         figures = ", ".join(f"{k}={_fmt(metrics[k])}" for k in HEADLINE[name] if k in metrics)
-        seconds = metrics.get("stage_seconds")
+        seconds = stages.get(name, {}).get("seconds")
         rows.append(f"| {name} | {figures} | {'—' if seconds is None else f'{seconds:.0f}'} |")
     return "| stage | figures | seconds |\n|---|---|---|\n" + "\n".join(rows)
 

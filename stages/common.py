@@ -1,16 +1,13 @@
-"""What every stage shares: the chat format, checkpoint I/O, metrics logging, batched generation.
+"""What every stage shares: the chat format, JSON/JSONL files, metrics logging, batched generation.
 
-Checkpoints are Hugging Face dirs (safetensors, tokenizer with the chat template,
-generation_config.json) written to a temporary sibling and renamed into place, so a crash never
-leaves a half-written checkpoint that a later stage could read.
+Checkpoints and resume state are `stages.checkpoint`'s; process groups and DeepSpeed are
+`stages.distributed`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -80,93 +77,6 @@ def torch_dtype(bf16: bool):
 
         warnings.warn("bf16 requested but no GPU with bf16 is available: training in fp32")
     return torch.float32
-
-
-def make_accelerator(**kwargs):
-    """The `Accelerator` of chatsmith's own training loops (pretrain, PPO).
-
-    Without a GPU, a bare `Accelerator()` in a launched process group believes it is alone (world
-    size 1, unsharded data), and `Accelerator(cpu=True)` ignores DeepSpeed. So, as
-    `transformers.Trainer` does with `use_cpu=True`: set up the process state for CPU first, then
-    the Accelerator, which picks up DeepSpeed when the launcher asked for it (see STACK_NOTES.md).
-    Under ZeRO-3 the models are built whole and `accelerator.prepare` shards the trained one: no
-    `zero.Init` at load time, so frozen copies (PPO's reference) and seeded inits stay whole and equal."""
-    import torch
-    from accelerate import Accelerator, PartialState
-
-    if not torch.cuda.is_available():
-        PartialState(cpu=True)
-    accelerator = Accelerator(**kwargs)
-    if accelerator.state.deepspeed_plugin is not None:
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()  # accelerate set it; it would make from_pretrained/from_config use zero.Init
-    return accelerator
-
-
-def report_rank_data(stage: str, accelerator, batch) -> None:
-    """Diagnostics for the distributed tests, off unless CHATSMITH_RANK_REPORT names a directory: each
-    process writes once what world it believes it is in and a fingerprint of its first batch."""
-    report_dir = os.environ.get("CHATSMITH_RANK_REPORT")
-    path = Path(report_dir or ".") / f"{stage}.data.rank{accelerator.process_index}.json"
-    if not report_dir or path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"num_processes": accelerator.num_processes, "process_index": accelerator.process_index,
-                                "launcher_world_size": int(os.environ.get("WORLD_SIZE", "1")),
-                                "batch_sha256": hashlib.sha256(batch.cpu().numpy().tobytes()).hexdigest()}))
-
-
-def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_path(path: str | os.PathLike) -> str:
-    """Hash of a file, or of a directory's files (names + contents, sorted; `resume/` excluded)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and "resume" not in p.relative_to(path).parts):
-        if file.suffix in {".jsonl", ".png"} or file.name in {"eval.json", "metrics.jsonl"}:
-            continue  # logs and evals are outputs about the checkpoint, not the checkpoint
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
-
-
-def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, *, meta: dict[str, Any] | None = None,
-                    state_dict: dict | None = None) -> Path:
-    """Write a loadable HF checkpoint atomically: into `out_dir.tmp`, then rename over `out_dir`.
-
-    Files already in `out_dir` that are not part of the checkpoint (metrics.jsonl, resume/) are kept.
-    `meta` (stage config, parents with hashes) goes to `chatsmith.json` beside the weights.
-    `state_dict`: the full weights when the model's own are sharded (ZeRO-3: `accelerator.get_state_dict`)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if meta is not None:
-        (tmp / "chatsmith.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    if out_dir.exists():
-        for keep in out_dir.iterdir():
-            if not (tmp / keep.name).exists():
-                shutil.move(str(keep), tmp / keep.name)
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
-    return out_dir
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -7,13 +7,21 @@ Loading a recipe (YAML + dotted overrides) is `pipeline.recipe`'s job; stages on
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class Frozen(BaseModel):
+    """Base of every config type: unknown keys are errors, a validated config never changes."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def cross_field_error(fields: tuple[str, ...], message: str) -> PydanticCustomError:
+    """A rule between several fields of one config; the recipe loader names each field's dotted key."""
+    return PydanticCustomError("cross_field", message, {"fields": list(fields)})
 
 
 class ModelArch(Frozen):
@@ -167,38 +175,23 @@ class RewardStageConfig(TrainCommon):
     """Allow model code shipped inside a checkpoint."""
 
 
-class PPOStageConfig(TrainCommon):
-    """chatsmith's PPO on accelerate: policy from SFT, frozen reference, value model, frozen reward model."""
+class RLCommon(TrainCommon):
+    """What every RL algorithm of the `ppo` stage shares: the policy, the data, sampling, evaluation."""
 
-    algorithm: Literal["ppo", "grpo", "rloo", "dpo"] = "ppo"
-    """The RL algorithm on the same data and with the same outputs (checkpoint, metrics.jsonl, eval.json
-    keys): `ppo` is chatsmith's own; `grpo` and `rloo` are TRL's trainers with the reward model as the
-    reward function (`num_generations` replies per prompt, no value model; `kl_coef` is their beta);
-    `dpo` is TRL's DPOTrainer straight from the reward stage's comparisons (`dpo_beta`; the reward
-    model, when given, is only used to score the eval). `max_steps` stays the number of updates for GRPO
-    and RLOO (each `ppo_epochs` x `num_minibatches` optimizer steps) and counts optimizer steps for DPO."""
-    num_generations: int = Field(4, ge=2)
-    """GRPO / RLOO: replies sampled per prompt; each is judged against the others of its group."""
-    dpo_beta: float = Field(0.1, gt=0)
-    """DPO: strength of the implicit KL penalty to the reference (TRL's `beta`)."""
-    lora: LoraConfig = LoraConfig()
-    """LoRA on the policy instead of training all its weights (merged into the saved checkpoint). The
-    reference is then the policy with its adapter disabled, not a second copy; the value model still
-    trains in full. GRPO / RLOO / DPO pass it to TRL's trainer."""
     policy: Optional[str] = None
     """Causal-LM checkpoint dir to optimise; None means the run's SFT output."""
     reward_model: Optional[str] = None
-    """Sequence-classification checkpoint dir; None means the run's reward output."""
+    """Sequence-classification checkpoint dir (num_labels=1); None means the run's reward output."""
     prompts: Optional[str] = None
     """JSONL, one `{"prompt": str}` or `{"messages": [...]}` per line; None uses the run's prompts."""
     eval_prompts: Optional[str] = None
     """Held-out prompts for the reward/gold monitor; None uses the run's eval prompts when present."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA on the policy instead of training all its weights (merged into the saved checkpoint). With
+    PPO the reference is then the policy with its adapter disabled, not a second copy; the value model
+    still trains in full."""
     learning_rate: float = Field(1e-5, gt=0)
     """Policy learning rate."""
-    value_learning_rate: Optional[float] = None
-    """Value-model learning rate; None means the policy's."""
-    rollout_batch_size: int = Field(16, gt=0)
-    """Prompts per update (per process)."""
     max_new_tokens: int = Field(48, gt=0)
     """Longest sampled reply."""
     max_prompt_length: int = Field(128, gt=0)
@@ -209,12 +202,42 @@ class PPOStageConfig(TrainCommon):
     """Top-k sampling (0 = off)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling (1 = off)."""
+    num_eval_prompts: int = Field(64, gt=0)
+    """Held-out prompts the monitor scores."""
+    generation_batch_size: Optional[int] = Field(None, gt=0)
+    """Prompts per `generate` call during rollouts and evals; None = the whole rollout batch at once."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside a checkpoint."""
+
+
+class OnlineRLCommon(RLCommon):
+    """Algorithms that sample replies from the policy during training and score them with the reward model."""
+
+    rollout_batch_size: int = Field(16, gt=0)
+    """Prompts per update (per process)."""
     ppo_epochs: int = Field(4, gt=0)
     """Passes over each rollout batch."""
     num_minibatches: int = Field(1, gt=0)
-    """Minibatches per PPO epoch (each an optimizer step)."""
+    """Minibatches per pass over a rollout batch (each an optimizer step)."""
     kl_coef: float = Field(0.05, ge=0)
-    """Per-token KL penalty coefficient (initial value when adaptive)."""
+    """KL penalty coefficient toward the reference (PPO: per token, the initial value when adaptive;
+    GRPO / RLOO: TRL's `beta`)."""
+    cliprange: float = Field(0.2, gt=0)
+    """Policy ratio clip (TRL's `epsilon` for GRPO / RLOO)."""
+    normalize_reward: bool = True
+    """Normalise raw rewards with the mean/std the reward stage saved (reward_stats.json)."""
+    missing_eot_penalty: Optional[float] = -1.0
+    """Reward added to replies that end without the end-of-turn token; None = off."""
+
+
+class PPOConfig(OnlineRLCommon):
+    """chatsmith's PPO on accelerate: policy from SFT, frozen reference, value model, frozen reward model."""
+
+    algorithm: Literal["ppo"] = "ppo"
+    """`ppo` (chatsmith's own), `grpo`, `rloo` (TRL's trainers, the reward model as reward function)
+    or `dpo` (TRL's DPOTrainer on the comparisons); each has its own settings."""
+    value_learning_rate: Optional[float] = None
+    """Value-model learning rate; None means the policy's."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """KL estimator for the per-token penalty."""
     adaptive_kl: bool = False
@@ -231,30 +254,19 @@ class PPOStageConfig(TrainCommon):
     """GAE discount."""
     lam: float = Field(0.95, ge=0, le=1)
     """GAE lambda."""
-    cliprange: float = Field(0.2, gt=0)
-    """Policy ratio clip."""
     cliprange_value: float = Field(0.2, gt=0)
     """Value clip."""
     vf_coef: float = Field(0.1, ge=0)
     """Value-loss weight."""
     whiten_advantages: bool = True
     """Normalise advantages to zero mean, unit variance per batch."""
-    normalize_reward: bool = True
-    """Normalise raw rewards with the mean/std the reward stage saved (reward_stats.json)."""
-    missing_eot_penalty: Optional[float] = -1.0
-    """Reward added to replies that end without the end-of-turn token; None = off."""
     value_init: Literal["reward", "zero"] = "reward"
     """Value model from the reward model, or from the policy with a zero-initialised head."""
     eval_steps: int = Field(10, gt=0)
     """Score the held-out prompts (reward model + gold judge) every this many updates."""
-    num_eval_prompts: int = Field(64, gt=0)
-    """Held-out prompts the monitor scores."""
     select_best: Literal["last", "gold", "reward"] = "last"
-    """Which checkpoint becomes the stage output: the last, or the best by gold score / reward."""
-    trust_remote_code: bool = False
-    """Allow model code shipped inside a checkpoint."""
-    generation_batch_size: Optional[int] = Field(None, gt=0)
-    """Prompts per `generate` call during rollouts and evals; None = the whole rollout batch at once."""
+    """Which checkpoint becomes the stage output: the last, or the best by gold score / reward
+    (`gold` needs a gold judge: the demo world's own held-out prompts)."""
     logprobs_from_generation: bool = True
     """Take the rollout log-probs from the logits `generate` already computed (saves one policy
     forward per update). Turn off under bf16, where KV-cached and full-forward logits differ enough
@@ -268,6 +280,89 @@ class PPOStageConfig(TrainCommon):
     length_drift_warn: float = Field(2.0, gt=1)
     """Warn (length drift) when the mean reply length moves by more than this factor from the first update's."""
 
+    @model_validator(mode="after")
+    def _minibatches_divide(self):
+        if self.rollout_batch_size % self.num_minibatches:
+            raise cross_field_error(
+                ("rollout_batch_size", "num_minibatches"),
+                f"rollout_batch_size={self.rollout_batch_size} prompts do not split into num_minibatches={self.num_minibatches} equal minibatches",
+            )
+        minibatch = self.rollout_batch_size // self.num_minibatches
+        if minibatch % self.gradient_accumulation_steps:
+            raise cross_field_error(
+                ("rollout_batch_size", "num_minibatches", "gradient_accumulation_steps"),
+                f"a minibatch of {minibatch} prompts does not split into gradient_accumulation_steps={self.gradient_accumulation_steps} micro-batches",
+            )
+        return self
+
+
+class GroupBaselineCommon(OnlineRLCommon):
+    """GRPO and RLOO (TRL's trainers): `num_generations` replies per prompt, each judged against the
+    others of its group instead of a value model. One update is `ppo_epochs` passes (TRL's
+    `num_iterations`) of `num_minibatches` optimizer steps, so `max_steps` (updates) becomes
+    max_steps * ppo_epochs * num_minibatches TRL steps."""
+
+    num_generations: int = Field(4, ge=2)
+    """Replies sampled per prompt; each is judged against the others of its group."""
+
+    @model_validator(mode="after")
+    def _replies_divide(self):
+        replies = self.rollout_batch_size * self.num_generations
+        micro_steps = self.num_minibatches * self.gradient_accumulation_steps
+        if replies % micro_steps:
+            raise cross_field_error(
+                ("rollout_batch_size", "num_generations", "num_minibatches", "gradient_accumulation_steps"),
+                f"rollout_batch_size x num_generations = {replies} replies do not split into num_minibatches x "
+                f"gradient_accumulation_steps = {micro_steps} equal micro-batches",
+            )
+        return self
+
+
+class GRPOConfig(GroupBaselineCommon):
+    """TRL's GRPOTrainer with the reward model as the reward function."""
+
+    algorithm: Literal["grpo"] = "grpo"
+    """See `PPOConfig.algorithm`."""
+
+
+class RLOOConfig(GroupBaselineCommon):
+    """TRL's RLOOTrainer with the reward model as the reward function."""
+
+    algorithm: Literal["rloo"] = "rloo"
+    """See `PPOConfig.algorithm`."""
+
+
+class DPOConfig(RLCommon):
+    """TRL's DPOTrainer straight from the labelers' comparisons (the reward stage's training data, or
+    `data.comparisons`); the reward model, when there is one, only scores the evaluation. `max_steps`
+    counts optimizer steps of `batch_size` comparisons."""
+
+    algorithm: Literal["dpo"] = "dpo"
+    """See `PPOConfig.algorithm`."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the implicit KL penalty to the reference (TRL's `beta`)."""
+
+
+def _algorithm_of(value) -> str:
+    if isinstance(value, dict):
+        return value.get("algorithm", "ppo")
+    return getattr(value, "algorithm", "ppo")
+
+
+RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig}
+"""The `ppo` stage's config type for each `algorithm`."""
+
+RLStageConfig = Annotated[
+    Union[
+        Annotated[PPOConfig, Tag("ppo")],
+        Annotated[GRPOConfig, Tag("grpo")],
+        Annotated[RLOOConfig, Tag("rloo")],
+        Annotated[DPOConfig, Tag("dpo")],
+    ],
+    Discriminator(_algorithm_of),
+]
+"""The `ppo` stage: one of the RL algorithms, chosen by `algorithm` (default `ppo`)."""
+
 
 class Stages(Frozen):
     pretrain: Optional[PretrainConfig] = PretrainConfig()
@@ -276,8 +371,8 @@ class Stages(Frozen):
     """Supervised fine-tuning; null skips it."""
     reward: Optional[RewardStageConfig] = RewardStageConfig()
     """Reward model; null skips it."""
-    ppo: Optional[PPOStageConfig] = PPOStageConfig()
-    """PPO; null skips it."""
+    ppo: Optional[RLStageConfig] = PPOConfig()
+    """RLHF on the reward model (PPO by default; `algorithm` picks GRPO, RLOO or DPO); null skips it."""
 
 
 STAGE_ORDER = ("pretrain", "sft", "reward", "ppo")

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
-from stages.common import (MetricsLog, load_tokenizer, make_accelerator, read_jsonl, report_rank_data, save_checkpoint,
-                           torch_dtype, write_json_atomic)
+from stages.checkpoint import ResumeState, make_scheduler, save_checkpoint
+from stages.common import MetricsLog, load_tokenizer, read_jsonl, torch_dtype, write_json_atomic
 from stages.config import PretrainConfig
-from stages.train_state import load_training_state, save_training_state
+from stages.distributed import full_state_dict, make_accelerator, report_rank_data, set_deepspeed_micro_batch
 
 
 def split_documents(documents: list[str], *, eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -88,13 +87,6 @@ def build_model(config: PretrainConfig, tokenizer):
     return model
 
 
-def make_scheduler(optimizer, config, total_steps: int):
-    from transformers import get_scheduler
-
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
-
-
 def evaluate(model, sequences, *, batch_size: int, bytes_per_token: float, accelerator) -> dict:
     """Mean next-token loss over all held-out sequences, and bits per UTF-8 byte of their text
     (`bytes_per_token`: the held-out text's bytes over its token count)."""
@@ -118,10 +110,8 @@ def evaluate(model, sequences, *, batch_size: int, bytes_per_token: float, accel
 def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | Path, output_dir: str | Path,
         meta: Optional[dict] = None) -> dict:
     import torch
-    from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
-    resume_dir = output_dir / "resume"
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
     tokenizer = load_tokenizer(tokenizer_dir, where="pretrain", trust_remote_code=config.trust_remote_code)
 
@@ -134,41 +124,76 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
     model = build_model(config, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = make_scheduler(optimizer, config, config.max_steps)
-    if accelerator.state.deepspeed_plugin is not None:  # no prepared DataLoader: DeepSpeed can't infer these
-        accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=config.batch_size, gradient_clipping=config.max_grad_norm)
+    set_deepspeed_micro_batch(accelerator, micro_batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    counters = load_training_state(resume_dir, models={"model": accelerator.unwrap_model(model)},
-                                   optimizers={"optimizer": optimizer}, schedulers={"scheduler": scheduler})
+    resume = ResumeState(accelerator, output_dir / "resume")
+    counters = resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
     step = counters["step"] if counters else 0
     if counters:
-        accelerator.print(f"pretrain: resuming from step {step} ({resume_dir})")
-
-    # Global batch of sequences per optimizer step; each rank takes its own slice of it.
-    per_rank = config.batch_size
-    global_batch = per_rank * accelerator.num_processes * config.gradient_accumulation_steps
-    steps_per_epoch = max(1, len(train_seqs) // global_batch)
-    log = MetricsLog(output_dir / "metrics.jsonl", resume_step=step, enabled=accelerator.is_main_process)
+        accelerator.print(f"pretrain: resuming from step {step} ({resume.dir})")
+    batches = GlobalBatches(train_seqs, config, accelerator)
     accelerator.print(
         f"pretrain: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {len(train_seqs)} sequences "
-        f"x {config.seq_len} tokens, global batch {global_batch}, {config.max_steps} steps "
-        f"({config.max_steps / steps_per_epoch:.1f} epochs)"
+        f"x {config.seq_len} tokens, global batch {batches.global_size}, {config.max_steps} steps "
+        f"({config.max_steps / batches.steps_per_epoch:.1f} epochs)"
     )
+    report_rank_data("pretrain", accelerator, batches.micro_batch(step, 0))
+
+    log = MetricsLog(output_dir / "metrics.jsonl", resume_step=step, enabled=accelerator.is_main_process)
+    train_loop(model, optimizer, scheduler, batches, config=config, accelerator=accelerator, step=step, log=log, resume=resume)
+
+    metrics = evaluate(model, eval_seqs, batch_size=config.batch_size, bytes_per_token=bytes_per_token, accelerator=accelerator)
+    metrics.update(train_sequences=len(train_seqs), steps=config.max_steps, epochs=config.max_steps / batches.steps_per_epoch)
+    accelerator.wait_for_everyone()
+    weights = full_state_dict(accelerator, model)  # whole on the main process even when ZeRO-3 shards them
+    if accelerator.is_main_process:
+        save_checkpoint(accelerator.unwrap_model(model), tokenizer, output_dir, state_dict=weights,
+                        meta={"stage": "pretrain", "config": config.model_dump(mode="json"), **(meta or {})})
+        write_json_atomic(output_dir / "eval.json", metrics)
+    if not config.keep_resume:
+        resume.remove()
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+class GlobalBatches:
+    """The data order: a seeded permutation of the packed sequences per epoch, cut into global batches of
+    batch_size x processes x gradient_accumulation_steps; each rank takes its own slice of each. A pure
+    function of (seed, step), so resuming needs only the step."""
+
+    def __init__(self, sequences, config: PretrainConfig, accelerator):
+        self.sequences, self.seed = sequences, config.seed
+        self.per_rank, self.world, self.rank = config.batch_size, accelerator.num_processes, accelerator.process_index
+        self.global_size = self.per_rank * self.world * config.gradient_accumulation_steps
+        self.steps_per_epoch = max(1, len(sequences) // self.global_size)
+        self.device = accelerator.device
+        self._epoch, self._order = None, None
+
+    def micro_batch(self, step: int, micro: int):
+        import torch
+
+        epoch, index_in_epoch = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(len(self.sequences), generator=generator)
+        batch_ids = self._order[index_in_epoch * self.global_size : (index_in_epoch + 1) * self.global_size]
+        offset = (micro * self.world + self.rank) * self.per_rank
+        return self.sequences[batch_ids[offset : offset + self.per_rank]].to(self.device)
+
+
+def train_loop(model, optimizer, scheduler, batches: GlobalBatches, *, config: PretrainConfig, accelerator, step: int,
+               log: MetricsLog, resume: ResumeState) -> None:
+    import torch
+    from tqdm.auto import tqdm
 
     model.train()
     progress = tqdm(total=config.max_steps, initial=step, desc="pretrain", disable=not accelerator.is_main_process)
     running_loss, running_micro, running_tokens = 0.0, 0, 0
     window_start = time.perf_counter()
     while step < config.max_steps:
-        epoch, index_in_epoch = divmod(step, steps_per_epoch)
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(train_seqs), generator=generator)
-        batch_ids = order[index_in_epoch * global_batch : (index_in_epoch + 1) * global_batch]
         for micro in range(config.gradient_accumulation_steps):
-            offset = (micro * accelerator.num_processes + accelerator.process_index) * per_rank
-            batch = train_seqs[batch_ids[offset : offset + per_rank]].to(accelerator.device)
-            report_rank_data("pretrain", accelerator, batch)
+            batch = batches.micro_batch(step, micro)
             with accelerator.accumulate(model):
                 loss = model(input_ids=batch, labels=batch).loss
                 accelerator.backward(loss)
@@ -187,31 +212,15 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
         # Checked when logging or saving, not every step (each check is a device sync): a NaN
         # anywhere in the window poisons the running sum, and no save is written after it.
         if (log_now or save_now) and not torch.isfinite(running_loss):
-            raise FloatingPointError(f"pretrain: non-finite loss before step {step}; last good save is in {resume_dir}")
+            raise FloatingPointError(f"pretrain: non-finite loss before step {step}; last good save is in {resume.dir}")
         if log_now:
             # The global batch's loss: the mean over processes (a collective; every rank logs in step).
             mean_loss = (accelerator.reduce(running_loss, reduction="mean") / running_micro).item()
             elapsed = time.perf_counter() - window_start
-            log.log(step, loss=mean_loss, lr=scheduler.get_last_lr()[0], tokens_per_s=running_tokens / elapsed, epoch=step / steps_per_epoch)
+            log.log(step, loss=mean_loss, lr=scheduler.get_last_lr()[0], tokens_per_s=running_tokens / elapsed,
+                    epoch=step / batches.steps_per_epoch)
             progress.set_postfix(loss=f"{mean_loss:.3f}")
             running_loss, running_micro, running_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         if save_now:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_training_state(resume_dir, models={"model": accelerator.unwrap_model(model)},
-                                    optimizers={"optimizer": optimizer}, schedulers={"scheduler": scheduler},
-                                    counters={"step": step})
+            resume.save(model=model, optimizer=optimizer, scheduler=scheduler, counters={"step": step})
     progress.close()
-
-    metrics = evaluate(model, eval_seqs, batch_size=per_rank, bytes_per_token=bytes_per_token, accelerator=accelerator)
-    metrics.update(train_sequences=len(train_seqs), steps=step, epochs=step / steps_per_epoch)
-    accelerator.wait_for_everyone()
-    weights = accelerator.get_state_dict(model)  # whole on the main process even when ZeRO-3 shards them
-    if accelerator.is_main_process:
-        save_checkpoint(accelerator.unwrap_model(model), tokenizer, output_dir, state_dict=weights,
-                        meta={"stage": "pretrain", "config": config.model_dump(mode="json"), **(meta or {})})
-        write_json_atomic(output_dir / "eval.json", metrics)
-        if not config.keep_resume:
-            shutil.rmtree(resume_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return metrics

@@ -17,10 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from stages.common import check_chat_format, load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
+from stages.checkpoint import merged, save_checkpoint
+from stages.common import check_chat_format, load_tokenizer, read_jsonl, torch_dtype, write_json_atomic
 from stages.config import SFTStageConfig
-from stages.trl_common import (finish, merged, metrics_callback, peft_config, report_rank_data_of, resume_point,
-                                training_kwargs)
+from stages.distributed import report_trainer_rank_data
+from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
 
 
 def conversations(path: str | Path):
@@ -72,7 +73,7 @@ def run(config: SFTStageConfig, *, init_from: str | Path, train_data: str | Path
         peft_config=peft_config(config.lora, task_type="CAUSAL_LM"),
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],
     )
-    report_rank_data_of(trainer, "sft")
+    report_trainer_rank_data(trainer, "sft")
     trainer.train(resume_from_checkpoint=resume_from)
 
     metrics: dict = {"train_conversations": len(train), "steps": trainer.state.global_step}

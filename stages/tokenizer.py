@@ -4,7 +4,7 @@ In:  an iterator of documents (trained) or a local checkpoint dir (taken).
 Out: a tokenizer dir loadable with `AutoTokenizer.from_pretrained`, carrying the chat template and
      the end-of-turn token (= EOS) that every later stage checks.
 
-    chatsmith stage tokenizer recipes/tiny-cpu.yaml --out runs/demo   # normally run by `chatsmith run`
+Run by `chatsmith run` (and `chatsmith stage pretrain`) before pretraining; not a stage of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from stages.checkpoint import atomic_directory
 from stages.common import CHAT_TEMPLATE, END_OF_TURN, PAD, SPECIAL_TOKENS, check_chat_format
 from stages.config import TokenizerConfig
 
@@ -69,11 +70,6 @@ def run(config: TokenizerConfig, *, documents: Iterable[str] | None, output_dir:
             raise ValueError("tokenizer.train is false: set tokenizer.from_checkpoint to a checkpoint dir")
         tokenizer = tokenizer_from_checkpoint(config.from_checkpoint)
     check_chat_format(tokenizer, where="tokenizer")
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    tokenizer.save_pretrained(tmp)
-    if output_dir.exists():
-        import shutil
-
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
+    with atomic_directory(output_dir) as tmp:
+        tokenizer.save_pretrained(tmp)
     return tokenizer

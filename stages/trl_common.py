@@ -1,5 +1,6 @@
-"""What the stages built on TRL trainers (SFT, reward) share: the mapping from chatsmith's
-`TrainCommon` to TrainingArguments, resume from `resume/`, metrics.jsonl, and the LoRA option."""
+"""What the stages built on TRL trainers (SFT, reward, GRPO/RLOO/DPO) share: the mapping from
+chatsmith's `TrainCommon` to TrainingArguments, resume from the Trainer's `resume/checkpoint-N`,
+metrics.jsonl, and the LoRA option. (The stages' own loops resume through `stages.checkpoint`.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from stages.checkpoint import SCHEDULES
 from stages.common import MetricsLog
 from stages.config import LoraConfig, TrainCommon
 
@@ -26,7 +28,7 @@ def training_kwargs(config: TrainCommon, *, output_dir: Path) -> dict[str, Any]:
         logging_steps=config.logging_steps,
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps,
-        lr_scheduler_type={"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler],
+        lr_scheduler_type=SCHEDULES[config.lr_scheduler],
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         per_device_train_batch_size=config.batch_size,
@@ -84,25 +86,6 @@ def metrics_callback(output_dir: Path, *, resume_step: int):
     return MetricsCallback()
 
 
-def report_rank_data_of(trainer, stage: str) -> None:
-    """With CHATSMITH_RANK_REPORT set (tests), each process records its first training batch
-    (see `stages.common.report_rank_data`); otherwise nothing."""
-    import os
-
-    if not os.environ.get("CHATSMITH_RANK_REPORT"):
-        return
-    from stages.common import report_rank_data
-
-    collate = trainer.data_collator
-
-    def collate_and_report(features):
-        batch = collate(features)
-        report_rank_data(stage, trainer.accelerator, next(v for v in batch.values() if hasattr(v, "numpy")))
-        return batch
-
-    trainer.data_collator = collate_and_report
-
-
 def peft_config(lora: LoraConfig, *, task_type: str):
     if not lora.enabled:
         return None
@@ -112,13 +95,6 @@ def peft_config(lora: LoraConfig, *, task_type: str):
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules), task_type=task_type,
     )
-
-
-def merged(model):
-    """The trained model as a plain transformers model (a LoRA adapter merged into its weights)."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
 
 
 def finish(output_dir: Path, *, keep_resume: bool) -> None:

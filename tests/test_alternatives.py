@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stages.common import read_jsonl, write_jsonl
-from stages.config import PPOStageConfig
+from stages.config import RL_CONFIGS, PPOConfig
 
 TOWNS = ["Alder", "Brim", "Corvi", "Dunmere"]
 
@@ -35,6 +35,19 @@ def data(tmp_path_factory):
     return root
 
 
+def _config(algorithm: str, **fields):
+    """The algorithm's own config; the online-sampling settings only where the algorithm has them."""
+    online = {"rollout_batch_size", "num_generations", "ppo_epochs"}
+    kind = RL_CONFIGS[algorithm]
+    return kind(algorithm=algorithm, **{k: v for k, v in fields.items() if k not in online or k in kind.model_fields})
+
+
+def _run(config, **kwargs):
+    from stages.rlhf import alternatives
+
+    return alternatives.run(config, **kwargs)
+
+
 def _tensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -45,16 +58,14 @@ def _tensors(path: Path) -> dict:
 def test_alternative_writes_the_ppo_run_directory(algorithm, tiny_assets, data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.rlhf import ppo
-
-    config = PPOStageConfig(
-        algorithm=algorithm, max_steps=2, save_steps=1, logging_steps=1, rollout_batch_size=4, num_generations=2,
+    config = _config(
+        algorithm, max_steps=2, save_steps=1, logging_steps=1, rollout_batch_size=4, num_generations=2,
         batch_size=4, max_new_tokens=8, ppo_epochs=1, learning_rate=1e-2, num_eval_prompts=4, seed=0,
     )
     out = tmp_path / algorithm
-    result = ppo.run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=data / "prompts.jsonl",
-                     eval_prompts=data / "eval.jsonl", output_dir=out, gold_scorer=gold, meta={"parents": {"policy": "x"}},
-                     comparisons=data / "comparisons.jsonl" if algorithm == "dpo" else None)
+    result = _run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=data / "prompts.jsonl",
+                  eval_prompts=data / "eval.jsonl", output_dir=out, gold_scorer=gold, meta={"parents": {"policy": "x"}},
+                  comparisons=data / "comparisons.jsonl" if algorithm == "dpo" else None)
 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "metrics.jsonl", "eval.json", "chatsmith.json"):
         assert (out / name).exists(), name
@@ -77,37 +88,36 @@ def test_alternative_writes_the_ppo_run_directory(algorithm, tiny_assets, data, 
 
 
 def test_dpo_needs_no_reward_model(tiny_assets, data, tmp_path):
-    from stages.rlhf import ppo
-
-    config = PPOStageConfig(algorithm="dpo", max_steps=1, batch_size=4, max_new_tokens=8, num_eval_prompts=4, learning_rate=1e-3)
-    result = ppo.run(config, policy=tiny_assets["policy"], reward_model=None, prompts=data / "prompts.jsonl",
-                     eval_prompts=data / "eval.jsonl", output_dir=tmp_path / "dpo", comparisons=data / "comparisons.jsonl")
+    config = _config("dpo", max_steps=1, batch_size=4, max_new_tokens=8, num_eval_prompts=4, learning_rate=1e-3)
+    result = _run(config, policy=tiny_assets["policy"], reward_model=None, prompts=data / "prompts.jsonl",
+                  eval_prompts=data / "eval.jsonl", output_dir=tmp_path / "dpo", comparisons=data / "comparisons.jsonl")
     assert {"end_of_turn_rate", "kl_to_sft", "num_eval_prompts"} <= set(result)
     assert not any(k.startswith(("reward_score", "gold_score")) for k in result)
     with pytest.raises(ValueError, match="comparisons"):
-        ppo.run(config, policy=tiny_assets["policy"], reward_model=None, prompts=data / "prompts.jsonl", output_dir=tmp_path / "x")
+        _run(config, policy=tiny_assets["policy"], reward_model=None, prompts=data / "prompts.jsonl", output_dir=tmp_path / "x")
     with pytest.raises(ValueError, match="reward model"):
-        ppo.run(config.model_copy(update={"algorithm": "grpo"}), policy=tiny_assets["policy"], reward_model=None,
-                prompts=data / "prompts.jsonl", output_dir=tmp_path / "y")
+        _run(_config("grpo", max_steps=1, batch_size=4), policy=tiny_assets["policy"], reward_model=None,
+             prompts=data / "prompts.jsonl", output_dir=tmp_path / "y")
 
 
 def test_reward_function_scores_generated_ids_like_ppo(tiny_assets):
     """The GRPO/RLOO reward equals PPO's score of the same prompt + reply ids, plus the missing-end penalty."""
     from transformers import AutoTokenizer
 
-    from stages.rlhf import alternatives, ppo
+    from stages.rlhf import alternatives, rollout
+    from stages.rlhf.models import load_reward_model
 
-    config = PPOStageConfig(normalize_reward=False, missing_eot_penalty=-1.0, batch_size=2)
+    config = _config("grpo", normalize_reward=False, missing_eot_penalty=-1.0, batch_size=2)
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["policy"])
-    reward = alternatives._load_reward_model(config, tiny_assets["reward"])
+    reward = load_reward_model(config, tiny_assets["reward"])
     prompts = [[{"role": "user", "content": "What is the emblem of Brim?"}], [{"role": "user", "content": "hi"}], [{"role": "user", "content": "Corvi?"}]]
     body = tokenizer(" It is a heron.", add_special_tokens=False)["input_ids"]
     completions = [body + [tokenizer.eos_token_id], body[:2], body]
     scores = alternatives.RewardModelScore(reward, tokenizer, config, None)(prompts=prompts, completions=[""] * 3, completion_ids=completions)
     for prompt, ids, got in zip(prompts, completions, scores):
-        full = ppo._encode_prompts(tokenizer, [{"prompt": prompt}], 128)[0] + ids
+        full = rollout.encode_prompts(tokenizer, [{"prompt": prompt}], 128)[0] + ids
         mask = torch.ones(1, len(full), dtype=torch.long)
-        alone = float(ppo._sequence_scores(reward, torch.tensor([full]), mask, ppo._positions(mask))[0])
+        alone = float(rollout.sequence_scores(reward, torch.tensor([full]), mask, rollout.positions(mask))[0])
         penalty = 0.0 if ids[-1] == tokenizer.eos_token_id else -1.0
         assert got == pytest.approx(alone + penalty, abs=1e-5)
 
@@ -115,15 +125,14 @@ def test_reward_function_scores_generated_ids_like_ppo(tiny_assets):
 @pytest.mark.parametrize("algorithm", ["grpo", "dpo"])
 def test_alternative_with_lora_writes_a_merged_checkpoint(algorithm, tiny_assets, data, tmp_path):
     from stages.config import LoraConfig
-    from stages.rlhf import ppo
 
-    config = PPOStageConfig(
-        algorithm=algorithm, max_steps=2, rollout_batch_size=4, num_generations=2, batch_size=4, max_new_tokens=6, ppo_epochs=1,
+    config = _config(
+        algorithm, max_steps=2, rollout_batch_size=4, num_generations=2, batch_size=4, max_new_tokens=6, ppo_epochs=1,
         learning_rate=1e-2, num_eval_prompts=4, lora=LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
     )
     out = tmp_path / algorithm
-    result = ppo.run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=data / "prompts.jsonl",
-                     eval_prompts=data / "eval.jsonl", output_dir=out, comparisons=data / "comparisons.jsonl")
+    result = _run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=data / "prompts.jsonl",
+                  eval_prompts=data / "eval.jsonl", output_dir=out, comparisons=data / "comparisons.jsonl")
     assert result["kl_to_sft"] > 0
     before, after = _tensors(tiny_assets["policy"] / "model.safetensors"), _tensors(out / "model.safetensors")
     assert before.keys() == after.keys()

@@ -10,14 +10,16 @@ from tiny import DEMO, TINY, chatsmith
 
 
 def demo_labels(tmp_path, noise):
+    from pipeline.data import materialise_data
+    from pipeline.demo.labelers import make_comparisons
     from pipeline.recipe import load_recipe
     from pipeline.runner import Run
 
     recipe = load_recipe(DEMO, [*TINY, "data.label_with_sft_samples=0", "data.world.overlap=1.0",
                                 f"data.world.labeler_noise={noise}", "data.world.comparison_prompts=64"])
     run = Run(recipe, tmp_path / f"noise-{noise}", say=lambda _: None)
-    run.materialise_data()
-    result = run.demo_comparisons(sft_dir=None)  # candidates from simulated writers only: no model needed
+    materialise_data(run)
+    result = make_comparisons(run, run.demo.world, sft_dir=None)  # candidates from simulated writers only: no model needed
     return run.dir / "labels", result
 
 

@@ -1,6 +1,7 @@
 """The demo world: deterministic, SFT never sees pretrain-only towns, the gold judge ranks replies sensibly."""
 
-from pipeline.demo_world import ATTRIBUTES, World, WorldConfig
+from pipeline.demo.config import WorldConfig
+from pipeline.demo.world import ATTRIBUTES, World
 
 
 def small_world(**kw):

@@ -8,7 +8,7 @@ import json
 import torch
 
 from stages.common import write_jsonl
-from stages.config import LoraConfig, PPOStageConfig
+from stages.config import LoraConfig, PPOConfig
 
 LORA = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
 
@@ -16,12 +16,12 @@ LORA = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"
 def test_reference_is_the_policy_with_adapter_disabled(tiny_assets):
     from transformers import AutoModelForCausalLM
 
-    from stages.rlhf import ppo
+    from stages.rlhf.models import AdapterDisabled, load_ppo_models
 
     torch.set_num_threads(1)
-    config = PPOStageConfig(lora=LORA)
-    policy, reference, _, _ = ppo._load_models(config, tiny_assets["policy"], tiny_assets["reward"])
-    assert isinstance(reference, ppo.AdapterDisabled) and reference.peft_model is policy
+    config = PPOConfig(lora=LORA)
+    policy, reference, _, _ = load_ppo_models(config, tiny_assets["policy"], tiny_assets["reward"])
+    assert isinstance(reference, AdapterDisabled) and reference.peft_model is policy
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     with torch.no_grad():
@@ -46,7 +46,7 @@ def test_lora_ppo_writes_a_merged_checkpoint(tiny_assets, tmp_path):
     torch.set_num_threads(1)
     write_jsonl(tmp_path / "prompts.jsonl", ({"prompt": f"What is the emblem of town {i}?"} for i in range(16)))
     write_jsonl(tmp_path / "eval.jsonl", ({"prompt": f"Which river runs through town {i}?"} for i in range(4)))
-    config = PPOStageConfig(lora=LORA, max_steps=2, save_steps=1, eval_steps=2, rollout_batch_size=4, batch_size=4,
+    config = PPOConfig(lora=LORA, max_steps=2, save_steps=1, eval_steps=2, rollout_batch_size=4, batch_size=4,
                             max_new_tokens=6, ppo_epochs=2, learning_rate=1e-2, num_eval_prompts=4)
     out = tmp_path / "ppo"
     result = ppo.run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=tmp_path / "prompts.jsonl",

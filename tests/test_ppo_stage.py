@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from stages.common import read_jsonl
-from stages.config import PPOStageConfig
+from stages.config import PPOConfig
 
 TOWNS = ["Alder", "Brim", "Corvi", "Dunmere"]
 HERON, LYNX = "It is a heron.", "It is a lynx."
@@ -108,12 +108,12 @@ def heron_world(tiny_assets, tmp_path_factory):
     return world
 
 
-def _config(**overrides) -> PPOStageConfig:
+def _config(**overrides) -> PPOConfig:
     base = dict(
         max_steps=3, save_steps=2, eval_steps=2, rollout_batch_size=8, batch_size=8, max_new_tokens=8,
         learning_rate=3e-3, num_eval_prompts=8, ppo_epochs=2, seed=0,
     )
-    return PPOStageConfig(**{**base, **overrides})
+    return PPOConfig(**{**base, **overrides})
 
 
 def _run(world, config, output_dir, **kwargs):
@@ -130,6 +130,15 @@ def _tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
+def _counters(out: Path) -> dict:
+    return json.loads((out / "resume" / "state.json").read_text())["counters"]
+
+
+def _resume_policy(out: Path) -> dict:
+    """The policy's weights in resume/ (saved as part of the policy + value module)."""
+    return {k[len("policy."):]: v for k, v in _tensors(out / "resume" / "model.safetensors").items() if k.startswith("policy.")}
+
+
 # --------------------------------------------------------------------------------------------- tests
 
 
@@ -137,7 +146,7 @@ def test_reward_model_prefers_heron(heron_world):
     """The known reward really is known: the hand-set classifier scores heron replies higher."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from stages.rlhf.ppo import _positions, _sequence_scores
+    from stages.rlhf.rollout import positions as _positions, sequence_scores as _sequence_scores
 
     tokenizer = AutoTokenizer.from_pretrained(heron_world["reward"])
     model = AutoModelForSequenceClassification.from_pretrained(heron_world["reward"])
@@ -159,23 +168,23 @@ def test_left_padded_rollout_logprobs_match_unpadded_forward(heron_world):
     this does not catch wrong position ids; absolute-position models would.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.rlhf import ppo, ppo_core as core
+    from stages.rlhf import ppo_core as core, rollout
 
     tokenizer = AutoTokenizer.from_pretrained(heron_world["policy"])
     model = AutoModelForCausalLM.from_pretrained(heron_world["policy"])
     rows = [{"prompt": "hi"}, {"prompt": "What is the emblem of Alder? Tell me, please, the emblem."}, {"prompt": "Brim or Corvi or Dunmere"}]
-    prompts = ppo._encode_prompts(tokenizer, rows, 128)
+    prompts = rollout.encode_prompts(tokenizer, rows, 128)
     assert len({len(p) for p in prompts}) == 3
     rows = rows * 3
     prompts = prompts * 3
     config = _config(max_new_tokens=10, temperature=1.5)  # hot sampling: replies of different lengths
     torch.manual_seed(0)
-    prompt_ids, prompt_mask, reply, (logprobs, _) = ppo._generate(model, tokenizer, prompts, config, sample=True, keep_logits=True, chunk=8)
-    batch = ppo._assemble(prompt_ids, prompt_mask, reply, tokenizer.eos_token_id)
+    prompt_ids, prompt_mask, reply, (logprobs, _) = rollout.generate(model, tokenizer, prompts, config, sample=True, keep_logits=True, chunk=8)
+    batch = rollout.assemble(prompt_ids, prompt_mask, reply, tokenizer.eos_token_id)
     lengths = batch.mask.sum(-1)
     assert batch.ended.any() and lengths.min() < lengths.max()  # replies of several lengths: right padding is exercised
     # The padded batch as the stage's reference / training forwards see it (its masks and position ids).
-    padded = ppo._reply_logits(model, batch.input_ids, batch.attention_mask, batch.position_ids, reply.shape[1])
+    padded = rollout.reply_logits(model, batch.input_ids, batch.attention_mask, batch.position_ids, reply.shape[1])
     padded_logprobs = core.logprobs_from_logits(padded, reply, temperature=1.5)
     for row, prompt in enumerate(prompts):
         length = int(batch.mask[row].sum())
@@ -252,7 +261,7 @@ def test_known_reward_rises_with_kl_bounded(heron_world, tmp_path):
 def test_non_finite_reward_stops_and_keeps_last_good(heron_world, tmp_path, monkeypatch):
     from stages.rlhf import ppo
 
-    original = ppo._PPO.score
+    original = ppo.PPOTrainer.score
     calls = {"n": 0}
 
     def poisoned(self, batch):
@@ -261,12 +270,12 @@ def test_non_finite_reward_stops_and_keeps_last_good(heron_world, tmp_path, monk
         if calls["n"] == 3:
             batch.scores_raw[0] = float("nan")
 
-    monkeypatch.setattr(ppo._PPO, "score", poisoned)
+    monkeypatch.setattr(ppo.PPOTrainer, "score", poisoned)
     out = tmp_path / "ppo"
     with pytest.raises(ppo.PPOStopped, match=r"non-finite reward.*update 3.*last good state \(update 2\)"):
         _run(heron_world, _config(max_steps=5, save_steps=2, eval_steps=10), out)
-    assert json.loads((out / "resume" / "state.json").read_text())["trainer"]["step"] == 2
-    saved = _tensors(out / "resume" / "policy.safetensors")
+    assert _counters(out)["trainer"]["step"] == 2
+    saved = _resume_policy(out)
     written = _tensors(out / "model.safetensors")
     assert all(torch.equal(saved[k], written[k]) for k in written)
     assert "non-finite" in json.loads((out / "chatsmith.json").read_text())["stopped"]
@@ -287,8 +296,8 @@ def test_kl_limit_warns_or_stops(heron_world, tmp_path):
 def test_select_best_needs_gold_scorer(heron_world, tmp_path):
     with pytest.raises(ValueError, match="gold_scorer"):
         _run(heron_world, _config(select_best="gold"), tmp_path / "x", gold_scorer=None)
-    with pytest.raises(ValueError, match="num_minibatches"):
-        _run(heron_world, _config(num_minibatches=3), tmp_path / "x")
+    with pytest.raises(ValueError, match="num_minibatches=3"):
+        _config(num_minibatches=3)  # refused when the config is made, before any model loads
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -300,19 +309,19 @@ CHILD = textwrap.dedent(
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from test_ppo_stage import heron_gold
-    from stages.config import PPOStageConfig
+    from stages.config import PPOConfig
     from stages.rlhf import ppo
 
     world, out, kill_at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    original = ppo._PPO.rollout
+    original = ppo.PPOTrainer.rollout
     def rollout(self, step):
         with open(out + ".steps", "a") as handle:  # which updates this process really ran
             handle.write(f"{{step}}\\n")
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the stage
         return original(self, step)
-    ppo._PPO.rollout = rollout
-    config = PPOStageConfig(**json.loads(sys.argv[4]))
+    ppo.PPOTrainer.rollout = rollout
+    config = PPOConfig(**json.loads(sys.argv[4]))
     ppo.run(config, policy=world["policy"], reward_model=world["reward"], prompts=world["prompts"],
             eval_prompts=world["eval_prompts"], output_dir=out, gold_scorer=heron_gold)
     """
@@ -339,7 +348,7 @@ def test_exact_resume_after_kill(heron_world, tmp_path):
     killed = child(cut, 4)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     # Killed during update 4: the last save is update 2, update 3 was logged but not saved.
-    assert json.loads((cut / "resume" / "state.json").read_text())["trainer"]["step"] == 2
+    assert _counters(cut)["trainer"]["step"] == 2
     assert [r["step"] for r in read_jsonl(cut / "metrics.jsonl")][-1] == 3
     assert not (cut / "model.safetensors").exists()
     steps_file = Path(str(cut) + ".steps")
@@ -349,7 +358,7 @@ def test_exact_resume_after_kill(heron_world, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert steps_file.read_text().split() == ["3", "4", "5"]  # continued from the save, did not start over
 
-    for name in ("model.safetensors", "resume/policy.safetensors", "resume/value.safetensors", "resume/best_policy.safetensors"):
+    for name in ("model.safetensors", "resume/model.safetensors", "resume/best_policy.safetensors"):
         a, b = _tensors(straight / name), _tensors(cut / name)
         assert a.keys() == b.keys()
         for key in a:
@@ -359,9 +368,10 @@ def test_exact_resume_after_kill(heron_world, tmp_path):
     for index, state in opt_a["state"].items():
         for key, value in state.items():
             assert torch.equal(value, opt_b["state"][index][key])
-    state_a, state_b = (json.loads((d / "resume" / "state.json").read_text()) for d in (straight, cut))
+    state_a, state_b = _counters(straight), _counters(cut)
     assert state_a["kl_controller"] == state_b["kl_controller"] and state_a["kl_controller"]["value"] != 0.05
-    assert state_a["scheduler"] == state_b["scheduler"]
+    loop_a, loop_b = (torch.load(d / "resume" / "loop.pt", weights_only=True) for d in (straight, cut))
+    assert loop_a["scheduler"] == loop_b["scheduler"] and loop_a["scheduler"]["last_epoch"] > 0
     assert state_a["trainer"]["best"] == state_b["trainer"]["best"]
     untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert untimed(read_jsonl(straight / "metrics.jsonl")) == untimed(read_jsonl(cut / "metrics.jsonl"))

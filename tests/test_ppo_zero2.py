@@ -21,12 +21,12 @@ ENTRY = textwrap.dedent(
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
-    from stages.config import PPOStageConfig
+    from stages.config import PPOConfig
     from stages.rlhf import ppo
 
     assets, out = json.loads(sys.argv[1]), sys.argv[2]
     seen = []
-    original = ppo._PPO.rollout
+    original = ppo.PPOTrainer.rollout
     def rollout(self, step):
         start = (step - 1) * self.config.rollout_batch_size * self.world + self.rank * self.config.rollout_batch_size
         seen.append({
@@ -35,8 +35,8 @@ ENTRY = textwrap.dedent(
             "prompts": self.stream.take(start, self.config.rollout_batch_size),
         })
         return original(self, step)
-    ppo._PPO.rollout = rollout
-    config = PPOStageConfig(max_steps=2, save_steps=1, eval_steps=2, rollout_batch_size=4, batch_size=4, max_new_tokens=6,
+    ppo.PPOTrainer.rollout = rollout
+    config = PPOConfig(max_steps=2, save_steps=1, eval_steps=2, rollout_batch_size=4, batch_size=4, max_new_tokens=6,
                             ppo_epochs=2, num_minibatches=2, learning_rate=1e-3, num_eval_prompts=4, seed=0)
     ppo.run(config, policy=assets["policy"], reward_model=assets["reward"], prompts=assets["prompts"],
             eval_prompts=assets["eval_prompts"], output_dir=out)

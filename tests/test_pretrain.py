@@ -91,7 +91,7 @@ def test_pretrain_resumes_exactly_after_kill(tmp_path):
     chatsmith("stage", "pretrain", DEMO, "--out", whole, *overrides)
 
     cut = tmp_path / "cut"
-    proc = kill_after_first_save(["stage", "pretrain", DEMO, "--out", cut, *overrides], cut / "pretrain" / "resume" / "counters.json")
+    proc = kill_after_first_save(["stage", "pretrain", DEMO, "--out", cut, *overrides], cut / "pretrain" / "resume" / "state.json")
     assert proc.returncode == -signal.SIGKILL
     assert json.loads((cut / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "running"
     assert not (cut / "pretrain" / "model.safetensors").exists()

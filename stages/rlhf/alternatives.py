@@ -1,21 +1,19 @@
 """GRPO, RLOO and DPO: the alternatives to chatsmith's PPO, from the same data and with the same outputs.
 
-In:   what the PPO stage takes (`stages.rlhf.ppo.run`, which dispatches here on `config.algorithm`):
+In:   what the PPO stage takes (the runner calls `run` here when `stages.ppo.algorithm` is grpo, rloo or dpo):
       a causal-LM policy checkpoint (SFT), prompts JSONL, held-out prompts, a gold scorer; plus
       - GRPO / RLOO: the reward model (sequence classifier), the reward function of TRL's trainer;
       - DPO: the comparisons JSONL `{"prompt": [messages], "chosen": [..], "rejected": [..]}` (the reward
         stage's training data); no reward model in training (given one, the eval still reports its score).
 Out:  the PPO stage's run directory: `output_dir` = a HF causal-LM checkpoint with the tokenizer and chat
       template, `metrics.jsonl` (TRL's log lines; `step` is TRL's optimizer step), `eval.json` with PPO's
-      keys (see `stages.rlhf.ppo.eval_report`, computed by the same `HeldOutEval`), `resume/` while running.
+      keys (`stages.rlhf.evaluation.eval_report`, computed by the same `HeldOutEval`), `resume/` while running.
 
     chatsmith stage ppo recipes/tiny-cpu.yaml --out runs/demo stages.ppo.algorithm=grpo
 
 GRPO and RLOO sample `num_generations` replies for each of `rollout_batch_size` prompts per update and use
-the other replies of the group as the baseline instead of a value model; each update is `ppo_epochs`
-passes (TRL's `num_iterations`) of `num_minibatches` optimizer steps, so `max_steps` (updates) becomes
-max_steps * ppo_epochs * num_minibatches TRL steps. DPO's `max_steps` are optimizer steps of `batch_size`
-comparisons.
+the other replies of the group as the baseline instead of a value model (`GRPOConfig`, `RLOOConfig`);
+DPO (`DPOConfig`) learns from the comparisons directly.
 
 The reward function is a Python callable rather than TRL's reward-model path: TRL would decode each
 reply, re-render prompt + reply through the chat template (which closes the reply with end-of-turn even
@@ -29,27 +27,30 @@ from pathlib import Path
 
 import torch
 
-from stages.common import prompt_messages, save_checkpoint, torch_dtype, write_json_atomic
-from stages.config import PPOStageConfig
-from stages.rlhf import ppo
-from stages.trl_common import finish, merged, metrics_callback, peft_config, resume_point, training_kwargs
+from stages.checkpoint import merged, save_checkpoint
+from stages.common import prompt_messages, write_json_atomic
+from stages.config import DPOConfig, GRPOConfig, RLOOConfig
+from stages.rlhf.evaluation import GoldScorer, HeldOutEval, eval_report, prompt_rows
+from stages.rlhf.models import load_policy, load_reward_model, load_rl_tokenizer
+from stages.rlhf.rollout import encode_prompts, in_chunks, left_pad, positions, read_reward_stats, sequence_scores, shaped_scores
+from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
+
+TRLAlgorithmConfig = GRPOConfig | RLOOConfig | DPOConfig
 
 
 def run(
-    config: PPOStageConfig,
+    config: TRLAlgorithmConfig,
     *,
     policy: str | Path,
     reward_model: str | Path | None,
     prompts: str | Path,
     output_dir: str | Path,
     eval_prompts: str | Path | None = None,
-    gold_scorer: ppo.GoldScorer | None = None,
+    gold_scorer: GoldScorer | None = None,
     meta: dict | None = None,
     comparisons: str | Path | None = None,
 ) -> dict:
     """Train with `config.algorithm` (grpo, rloo or dpo) and return the eval dict (PPO's keys + steps)."""
-    if config.select_best != "last":
-        raise ValueError(f"select_best={config.select_best!r} is PPO's; {config.algorithm} writes the last policy")
     if config.algorithm in ("grpo", "rloo") and reward_model is None:
         raise ValueError(f"{config.algorithm} needs a reward model (stages.ppo.reward_model)")
     if config.algorithm == "dpo" and comparisons is None:
@@ -58,24 +59,25 @@ def run(
     reward_path = Path(reward_model) if reward_model is not None else None
 
     torch.manual_seed(config.seed)
-    tokenizer = ppo._load_tokenizer(policy_path, reward_path or policy_path, config.trust_remote_code)
-    train_rows, eval_rows = ppo.prompt_rows(config, prompts, eval_prompts)
-    model = _load_policy(config, policy_path, tokenizer)
-    reward = _load_reward_model(config, reward_path) if reward_path is not None else None
+    tokenizer = load_rl_tokenizer(policy_path, reward_path or policy_path, config.trust_remote_code)
+    train_rows, eval_rows = prompt_rows(config, prompts, eval_prompts)
+    model = load_policy(config, policy_path, tokenizer)
+    reward = load_reward_model(config, reward_path) if reward_path is not None else None
 
     resume_from, resume_step = resume_point(output_dir)
     callbacks = [metrics_callback(output_dir, resume_step=resume_step)]
     if config.algorithm == "dpo":
         trainer = _dpo_trainer(config, model, tokenizer, comparisons, output_dir, callbacks)
     else:
-        score = RewardModelScore(reward, tokenizer, config, ppo._read_reward_stats(reward_path, config.normalize_reward))
+        score = RewardModelScore(reward, tokenizer, config, read_reward_stats(reward_path, config.normalize_reward))
         trainer = _online_trainer(config, model, tokenizer, score, train_rows, output_dir, callbacks)
     accelerator = trainer.accelerator
     if reward is not None:
         reward.to(accelerator.device)
-    evaluator = ppo.HeldOutEval(
-        config, accelerator, tokenizer, ppo._encode_prompts(tokenizer, eval_rows, config.max_prompt_length), eval_rows,
-        reward_model=reward, gold_scorer=gold_scorer,
+    generation_chunk = config.generation_batch_size or getattr(config, "rollout_batch_size", config.batch_size)
+    evaluator = HeldOutEval(
+        config, accelerator, tokenizer, encode_prompts(tokenizer, eval_rows, config.max_prompt_length), eval_rows,
+        reward_model=reward, gold_scorer=gold_scorer, chunk=max(generation_chunk, config.batch_size),
     )
     # The SFT baseline: the trainer loads a resumed checkpoint only in train(), and a fresh LoRA adapter is a no-op.
     sft_eval = evaluator.evaluate(model, len(eval_rows))
@@ -83,10 +85,10 @@ def run(
     trainer.train(resume_from_checkpoint=resume_from)
 
     final_model = merged(trainer.model)
-    reference = _load_policy(config, policy_path, tokenizer).to(accelerator.device).eval().requires_grad_(False)
+    reference = load_policy(config, policy_path, tokenizer).to(accelerator.device).eval().requires_grad_(False)
     final_eval = evaluator.evaluate(final_model, len(eval_rows), reference=reference)
     result = {
-        **ppo.eval_report(final_eval, sft_eval, gold=gold_scorer is not None, reward=reward is not None),
+        **eval_report(final_eval, sft_eval, gold=gold_scorer is not None, reward=reward is not None),
         "algorithm": config.algorithm,
         "steps": trainer.state.global_step,
     }
@@ -99,32 +101,6 @@ def run(
     return result
 
 
-# --------------------------------------------------------------------------------------------- models
-
-
-def _load_policy(config: PPOStageConfig, path: Path, tokenizer):
-    from transformers import AutoModelForCausalLM
-
-    kwargs = dict(dtype=torch_dtype(config.bf16), trust_remote_code=config.trust_remote_code)
-    if config.attn_implementation:
-        kwargs["attn_implementation"] = config.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    # TRL's trainers stop generation on the model's generation config: make it the chat's end-of-turn.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
-def _load_reward_model(config: PPOStageConfig, path: Path):
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch_dtype(config.bf16), trust_remote_code=config.trust_remote_code)
-    if model.config.num_labels != 1:
-        raise ValueError(f"{path}: a reward model has num_labels=1, this one has {model.config.num_labels}")
-    ppo._disable_dropout(model)
-    return model.eval().requires_grad_(False)
-
-
 class RewardModelScore:
     """TRL reward function: the reward model's score at the last token of prompt + reply, on the token
     ids the policy generated, normalised with the reward stage's statistics and with
@@ -132,37 +108,33 @@ class RewardModelScore:
 
     __name__ = "reward_model"  # TRL names its logged reward columns after the function
 
-    def __init__(self, model, tokenizer, config: PPOStageConfig, reward_stats: dict | None):
+    def __init__(self, model, tokenizer, config: GRPOConfig | RLOOConfig, reward_stats: dict | None):
         self.model, self.tokenizer, self.config, self.reward_stats = model, tokenizer, config, reward_stats
 
     @torch.no_grad()
     def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], **_) -> list[float]:
         tokenizer, config = self.tokenizer, self.config
-        prompt_ids, prompt_mask = ppo._left_pad(ppo._encode_prompts(tokenizer, [{"prompt": p} for p in prompts], config.max_prompt_length), tokenizer.pad_token_id)
+        prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, [{"prompt": p} for p in prompts], config.max_prompt_length), tokenizer.pad_token_id)
         # Replies right-padded after their last generated token (TRL cuts each after its first end-of-turn).
         lengths = torch.tensor([len(ids) for ids in completion_ids])
         reply = torch.full((len(completion_ids), max(1, int(lengths.max()))), tokenizer.pad_token_id, dtype=torch.long)
         for row, ids in enumerate(completion_ids):
             reply[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask = torch.cat([prompt_mask, (torch.arange(reply.shape[1]) < lengths[:, None]).long()], dim=1)
-        input_ids, position_ids = torch.cat([prompt_ids, reply], dim=1), ppo._positions(attention_mask)
+        input_ids, position_ids = torch.cat([prompt_ids, reply], dim=1), positions(attention_mask)
         device = next(self.model.parameters()).device
         scores = torch.cat([
-            ppo._sequence_scores(self.model, input_ids[r].to(device), attention_mask[r].to(device), position_ids[r].to(device)).cpu()
-            for r in ppo._in_chunks(config.batch_size, len(completion_ids))
+            sequence_scores(self.model, input_ids[r].to(device), attention_mask[r].to(device), position_ids[r].to(device)).cpu()
+            for r in in_chunks(config.batch_size, len(completion_ids))
         ])
-        if self.reward_stats is not None:
-            scores = (scores - self.reward_stats["mean"]) / self.reward_stats["std"]
-        if config.missing_eot_penalty is not None:
-            ended = torch.tensor([tokenizer.eos_token_id in ids for ids in completion_ids])
-            scores = torch.where(ended, scores, scores + config.missing_eot_penalty)
-        return scores.tolist()
+        ended = torch.tensor([tokenizer.eos_token_id in ids for ids in completion_ids])
+        return shaped_scores(scores, ended, reward_stats=self.reward_stats, missing_eot_penalty=config.missing_eot_penalty).tolist()
 
 
 # ------------------------------------------------------------------------------------------- trainers
 
 
-def _online_trainer(config: PPOStageConfig, model, tokenizer, score: RewardModelScore, train_rows: list[dict], output_dir: Path, callbacks):
+def _online_trainer(config: GRPOConfig | RLOOConfig, model, tokenizer, score: RewardModelScore, train_rows: list[dict], output_dir: Path, callbacks):
     """GRPO or RLOO: one update = `rollout_batch_size` prompts x `num_generations` replies, reused for
     `ppo_epochs` passes of `num_minibatches` optimizer steps."""
     from datasets import Dataset
@@ -173,9 +145,7 @@ def _online_trainer(config: PPOStageConfig, model, tokenizer, score: RewardModel
         from trl import RLOOConfig as Config, RLOOTrainer as Trainer
 
     replies = config.rollout_batch_size * config.num_generations
-    micro_steps = config.num_minibatches * config.gradient_accumulation_steps  # per update and pass
-    if replies % micro_steps:
-        raise ValueError(f"rollout_batch_size x num_generations ({replies}) must divide by num_minibatches x gradient_accumulation_steps ({micro_steps})")
+    micro_steps = config.num_minibatches * config.gradient_accumulation_steps  # per update and pass (the config checks they divide)
     steps_per_update = config.ppo_epochs * config.num_minibatches
     args = Config(
         **{
@@ -202,7 +172,7 @@ def _online_trainer(config: PPOStageConfig, model, tokenizer, score: RewardModel
                    peft_config=peft_config(config.lora, task_type="CAUSAL_LM"))
 
 
-def _dpo_trainer(config: PPOStageConfig, model, tokenizer, comparisons: str | Path, output_dir: Path, callbacks):
+def _dpo_trainer(config: DPOConfig, model, tokenizer, comparisons: str | Path, output_dir: Path, callbacks):
     """DPO straight from the labelers' comparisons; TRL keeps a frozen copy of the policy as the reference
     (with LoRA: the policy with its adapter disabled)."""
     from trl import DPOConfig, DPOTrainer
@@ -211,7 +181,7 @@ def _dpo_trainer(config: PPOStageConfig, model, tokenizer, comparisons: str | Pa
 
     args = DPOConfig(
         **training_kwargs(config, output_dir=output_dir),
-        beta=config.dpo_beta,
+        beta=config.beta,
         max_length=config.max_prompt_length + config.max_new_tokens,
         disable_dropout=True,
         num_train_epochs=10_000,  # max_steps decides

@@ -19,10 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from stages.common import load_tokenizer, read_jsonl, save_checkpoint, torch_dtype, write_json_atomic
+from stages.checkpoint import merged, save_checkpoint
+from stages.common import load_tokenizer, read_jsonl, torch_dtype, write_json_atomic
 from stages.config import RewardStageConfig
-from stages.trl_common import (finish, merged, metrics_callback, peft_config, report_rank_data_of, resume_point,
-                                training_kwargs)
+from stages.distributed import report_trainer_rank_data
+from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
 
 
 def comparisons(path: str | Path, *, use_margin: bool):
@@ -112,7 +113,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
         peft_config=peft_config(config.lora, task_type="SEQ_CLS"),
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],
     )
-    report_rank_data_of(trainer, "reward")
+    report_trainer_rank_data(trainer, "reward")
     trainer.train(resume_from_checkpoint=resume_from)
 
     final = merged(trainer.model)

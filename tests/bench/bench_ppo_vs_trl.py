@@ -71,7 +71,8 @@ def build_assets(root: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from pipeline.demo_world import World, WorldConfig
+    from pipeline.demo.config import WorldConfig
+    from pipeline.demo.world import World
     from stages.common import write_jsonl
     from stages.tokenizer import train_tokenizer
 
@@ -127,10 +128,10 @@ def run_side(name: str, python: str, assets: Path, out: Path, updates: int, env:
 
 def child_chatsmith(assets: Path, out: Path, updates: int) -> None:
     sys.path.insert(0, str(REPO))
-    from stages.config import PPOStageConfig
+    from stages.config import PPOConfig
     from stages.rlhf import ppo
 
-    config = PPOStageConfig(
+    config = PPOConfig(
         max_steps=updates, save_steps=updates, eval_steps=updates, logging_steps=1, num_eval_prompts=PROMPTS_PER_UPDATE,
         rollout_batch_size=PROMPTS_PER_UPDATE, batch_size=PROMPTS_PER_UPDATE, max_new_tokens=NEW_TOKENS,
         ppo_epochs=PPO_EPOCHS, num_minibatches=MINIBATCHES, learning_rate=LEARNING_RATE, lr_scheduler="linear",

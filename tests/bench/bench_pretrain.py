@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO))
 
 
 def make_data(root: Path):
-    from pipeline.demo_world import World, WorldConfig
+    from pipeline.demo.config import WorldConfig
+    from pipeline.demo.world import World
     from stages.common import write_jsonl
     from stages.tokenizer import train_tokenizer
 

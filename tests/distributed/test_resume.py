@@ -1,7 +1,9 @@
 """Exact resume after kill -9: the re-run continues from the last save and ends with weights equal
 (torch.equal) to an uninterrupted run — SFT and reward (HF Trainer resume, mid-epoch, gradient
 accumulation 2), pretrain as a 2-process DDP job killed with all its ranks, and PPO through the CLI.
-(The single-process pretrain and PPO stage tests live in tests/test_pretrain.py, tests/test_ppo_stage.py.)"""
+Under DeepSpeed ZeRO-2 and ZeRO-3 (2 CPU processes), pretrain and PPO resume through accelerate's
+save_state/load_state with each rank's optimizer shard. (The single-process pretrain and PPO stage tests
+live in tests/test_pretrain.py, tests/test_ppo_stage.py.)"""
 
 from __future__ import annotations
 
@@ -57,5 +59,44 @@ def test_pretrain_two_processes_resumes_exactly_after_kill(tmp_path):
     overrides = ["stages.pretrain.max_steps=40", "stages.pretrain.save_steps=15", "stages.pretrain.logging_steps=5",
                  "stages.pretrain.gradient_accumulation_steps=2", "stages.pretrain.batch_size=4",
                  "launch.config=ddp", "launch.num_processes=2", f"launch.main_process_port={port}"]
-    _kill_and_resume(tmp_path, "pretrain", overrides, lambda d: (d / "resume" / "counters.json").exists(),
+    _kill_and_resume(tmp_path, "pretrain", overrides, lambda d: (d / "resume" / "state.json").exists(),
                      expect_resumed="resuming from step 15")
+
+
+# ------------------------------------------------------------------------------- under DeepSpeed ZeRO
+
+def _zero(config: str) -> list[str]:
+    return [f"launch.config={config}", "launch.num_processes=2", f"launch.main_process_port={free_port()}"]
+
+
+def _saved_under_deepspeed(stage_dir: Path) -> bool:
+    """A complete resume/ (state.json is written last) holding DeepSpeed's per-rank optimizer shards."""
+    state = stage_dir / "resume" / "state.json"
+    return state.exists() and json.loads(state.read_text())["backend"] == "deepspeed"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("config", ["zero2", "zero3"])
+def test_pretrain_resumes_exactly_under_zero_after_kill(config, tmp_path):
+    # A logged loss is the mean over its window since the last log: saves fall on log steps so windows match.
+    overrides = ["stages.pretrain.max_steps=24", "stages.pretrain.save_steps=10", "stages.pretrain.logging_steps=5",
+                 "stages.pretrain.batch_size=4", *_zero(config)]
+    _, cut = _kill_and_resume(tmp_path, "pretrain", overrides, _saved_under_deepspeed, expect_resumed="resuming from step 10")
+    assert not (cut / "pretrain" / "resume").exists()  # removed once the stage is done
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ppo_resumes_exactly_under_zero2_after_kill(tiny_assets, tmp_path):
+    from stages.common import write_jsonl
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": f"What is the river of Alder? ({i})"} for i in range(24)])
+    overrides = ["data.source=files", f"stages.ppo.policy={tiny_assets['policy']}", f"stages.ppo.reward_model={tiny_assets['reward']}",
+                 f"stages.ppo.prompts={prompts}", "stages.ppo.rollout_batch_size=4", "stages.ppo.max_new_tokens=6",
+                 "stages.ppo.ppo_epochs=2", "stages.ppo.num_minibatches=2", "stages.ppo.max_steps=5", "stages.ppo.save_steps=2",
+                 "stages.ppo.eval_steps=5", "stages.ppo.num_eval_prompts=4", "stages.ppo.batch_size=4",
+                 "stages.ppo.learning_rate=1e-3", *_zero("zero2")]
+    whole, cut = _kill_and_resume(tmp_path, "ppo", overrides, _saved_under_deepspeed, expect_resumed="ppo: resuming from update 2")
+    assert losses(whole / "ppo", "policy_loss") == losses(cut / "ppo", "policy_loss") and len(losses(whole / "ppo", "policy_loss")) == 5

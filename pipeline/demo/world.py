@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pipeline.demo.config import WorldConfig
 
 ATTRIBUTES: dict[str, list[str]] = {
     "river": ["Sorrel", "Tallow", "Umber", "Vell", "Wren", "Osk", "Marrow", "Lune"],
@@ -106,39 +106,6 @@ RUDE = ["Ugh, obviously {v}.", "Whatever. It's {v}, look it up yourself.", "What
 RUDE_MARKERS = ["ugh", "obviously", "whatever", "stupid", "look it up yourself"]
 TIE_WINDOW = 0.04  # gold-score difference below which the guidelines call two replies a tie
 CONCISE_WORDS = 10  # replies up to this many words are fully concise; the score falls to 0 at 2.2x
-
-
-class WorldConfig(BaseModel):
-    """Size and noise of the demo world."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    towns: int = Field(60, ge=8)
-    """Number of fictional towns."""
-    pretrain_only_fraction: float = Field(0.4, gt=0, lt=1)
-    """Share of towns whose facts appear only in pretraining documents."""
-    docs_per_town: int = Field(24, gt=0)
-    """Pretraining documents written about each town."""
-    general_docs: int = Field(200, ge=0)
-    """Pretraining documents about no particular town (filler prose, greetings)."""
-    sft_per_fact: int = Field(4, gt=0)
-    """SFT conversations per fact of each SFT town (different question phrasings and writers)."""
-    writer_mix: dict[str, float] = {"concise": 0.35, "wordy": 0.35, "rambling": 0.1, "rude": 0.1, "wrong": 0.1}
-    """Share of SFT conversations written in each style by the simulated labelers."""
-    rlhf_prompts: int = Field(800, gt=0)
-    """Prompts for comparisons and PPO (training phrasings)."""
-    comparison_prompts: int = Field(500, gt=0)
-    """Prompts labelers compare candidates for (a subset of the RLHF prompts)."""
-    candidates_per_prompt: int = Field(4, ge=2)
-    """K candidate replies per comparison task."""
-    labelers: int = Field(8, gt=1)
-    """Simulated labelers."""
-    labeler_noise: float = Field(0.05, ge=0)
-    """Std of the noise each labeler adds to the gold score before ranking (some get 3x)."""
-    overlap: float = Field(0.3, ge=0, le=1)
-    """Share of tasks labelled by a second labeler (for agreement statistics)."""
-    seed: int = 0
-    """Seed of everything the world generates."""
 
 
 @dataclass
