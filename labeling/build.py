@@ -1,18 +1,27 @@
-"""Build training datasets from ingested records.
+"""Build training datasets from ingested records (and plain training files), combined.
 
-    chatsmith labels build DIR --out DATA [--eval-fraction 0.1 --seed 0]
+    chatsmith labels build [DIR ...] --out DATA [--sft FILE ...] [--comparisons FILE ...]
+                           [--sft-eval FILE ...] [--comparisons-eval FILE ...] [--eval-fraction 0.1 --seed 0]
 
-In:  DIR/accepted.jsonl from `chatsmith labels ingest` (DIR may also be a list of ingest dirs).
+In:  ingest directories (DIR/accepted.jsonl from `chatsmith labels ingest`), and optionally plain
+     files already in training format: SFT conversations {"messages": [...]} and comparisons
+     {"prompt", "chosen", "rejected", "margin"?} (`*_eval` files: rows that are always held out).
 Out: DATA/comparisons_train.jsonl, comparisons_eval.jsonl  TRL conversational preference rows
          {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [...], "margin"?}
      DATA/sft_train.jsonl, sft_eval.jsonl                   {"messages": [...]}
-     DATA/build.json                                        counts and paths (also returned)
+     DATA/build.json                                        counts (per source and kind) and paths
 
-A ranking of K replies becomes every pair from different tie groups (K choose 2 minus ties); the
-margin is the difference of the two replies' `overall` ratings when both have one and it agrees
-with the ranking. Demonstrations and rewrites become SFT conversations. The split is by prompt:
-the eval prompts are chosen by a seeded hash, so no prompt has rows on both sides, and the same
-prompt lands on the same side for comparisons and SFT.
+Every source is combined with the others, none replaces another. A ranking of K replies becomes
+every pair from different tie groups; the margin is the difference of the two replies' `overall`
+ratings when both have one and it agrees with the ranking. Demonstrations become SFT
+conversations; a rewrite becomes an SFT conversation (the corrected reply) and a comparison
+(corrected reply > the original). A record that appears in two ingest directories (same content,
+same labeler) is kept once and counted as a duplicate.
+
+The split is by conversation (labeling.schema.split_key: the opening user turn): eval prompts are
+chosen by a seeded hash, plus every prompt of an `*_eval` file, so no eval prompt has a row in
+train — not even inside a longer conversation — and a prompt lands on the same side for
+comparisons and SFT.
 """
 
 from __future__ import annotations
@@ -21,11 +30,14 @@ import hashlib
 import json
 import math
 import os
+from collections import Counter
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Iterator
 
 from labeling.ingest import read_records
-from labeling.schema import Comparison, Demonstration, Rewrite, prompt_key
+from labeling.schema import Comparison, Demonstration, Rewrite, content_id, split_key
 
 MARGIN_SCALE = "overall"
 
@@ -58,6 +70,13 @@ def sft_row(record: Demonstration | Rewrite) -> dict:
     return {"messages": [m.model_dump() for m in record.prompt] + [{"role": "assistant", "content": record.reply}]}
 
 
+def rewrite_pair(record: Rewrite) -> dict:
+    """The comparison a rewrite implies: the labeler's corrected reply over the original."""
+    return {"prompt": [m.model_dump() for m in record.prompt],
+            "chosen": [{"role": "assistant", "content": record.reply}],
+            "rejected": [{"role": "assistant", "content": record.original}]}
+
+
 def _rank(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
@@ -74,51 +93,201 @@ def eval_prompts(keys: set[str], *, eval_fraction: float, seed: int) -> set[str]
     return set(sorted(keys, key=lambda k: _rank(seed, k))[:count])
 
 
-def build(ingest_dir, out_dir, *, eval_fraction: float = 0.1, seed: int = 0) -> dict:
-    """Write the comparison and SFT datasets from `ingest_dir` (one dir or a list) into `out_dir`.
+# ---------------------------------------------------------------------------------------------
+# Sources: what build reads, one at a time
 
-    Returns {"comparisons_train", "comparisons_eval", "sft_train", "sft_eval" (row counts),
-    "tied_pairs_dropped", "records", "prompts", "eval_prompts", "paths": {name: path}}."""
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    kind: str  # "ingest" (a labeling ingest dir), "sft" or "comparisons" (a plain training file)
+    held_out: bool = False  # a `*_eval` file: every row goes to eval
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def describe(self) -> str:
+        if self.kind != "ingest":
+            return f"{self.kind}{'-eval' if self.held_out else ''} file"
+        summary = self.path / "summary.json"
+        try:
+            return json.loads(summary.read_text(encoding="utf-8")).get("format") or "ingest"
+        except (OSError, ValueError):
+            return "ingest"
+
+
+@dataclass
+class Unit:
+    """One record (or plain row) of a source and the rows it gives."""
+
+    kind: str  # demonstration / rewrite / comparison, or conversation / pair for plain rows
+    key: str  # split key
+    digest: str  # duplicate detection
+    sft: list[dict]
+    comparisons: list[dict]
+    ties: int = 0
+
+
+def _as_messages(value, role: str, where: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        raise ValueError(f"{where}: expected a string or a list of {{role, content}} messages")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _plain_units(source: Source) -> Iterator[Unit]:
+    """Rows of a plain training file, checked (a bad row is the user's own file: an error naming it)."""
+    with open(source.path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{source.path}:{number}"
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{where}: not JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            if source.kind == "sft":
+                messages = _as_messages(row.get("messages"), "user", where)
+                if messages[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in messages):
+                    raise ValueError(f"{where}: a conversation needs `messages` with a user turn, ending with an assistant turn")
+                out = {"messages": messages}
+                yield Unit("conversation", split_key(messages[:-1]), _digest(out), [out], [])
+            else:
+                missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+                if missing:
+                    raise ValueError(f"{where}: a comparison needs {', '.join(missing)}")
+                out = {"prompt": _as_messages(row["prompt"], "user", where),
+                       "chosen": _as_messages(row["chosen"], "assistant", where),
+                       "rejected": _as_messages(row["rejected"], "assistant", where)}
+                if "margin" in row:
+                    out["margin"] = float(row["margin"])
+                yield Unit("pair", split_key(out["prompt"]), _digest(out), [], [out])
+
+
+def _digest(row: dict) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _units(source: Source) -> Iterator[Unit]:
+    if source.kind != "ingest":
+        yield from _plain_units(source)
+        return
+    for record in read_records(source.path):
+        key, digest = split_key(record.prompt), content_id(record)
+        if isinstance(record, Comparison):
+            rows, ties = comparison_pairs(record)
+            yield Unit("comparison", key, digest, [], rows, ties)
+        elif isinstance(record, Rewrite):
+            yield Unit("rewrite", key, digest, [sft_row(record)], [rewrite_pair(record)])
+        else:
+            yield Unit("demonstration", key, digest, [sft_row(record)], [])
+
+
+def _sources(ingest_dirs, sft_files, comparison_files, sft_eval_files, comparison_eval_files) -> list[Source]:
+    if ingest_dirs is None:
+        ingest_dirs = []
+    elif isinstance(ingest_dirs, (str, os.PathLike)):
+        ingest_dirs = [ingest_dirs]
+    sources = [Source(Path(d), "ingest") for d in ingest_dirs]
+    for files, kind, held_out in ((sft_files, "sft", False), (comparison_files, "comparisons", False),
+                                  (sft_eval_files, "sft", True), (comparison_eval_files, "comparisons", True)):
+        sources += [Source(Path(f), kind, held_out) for f in files]
+    for source in sources:
+        if source.kind == "ingest" and not (source.path / "accepted.jsonl").exists() and not source.path.is_file():
+            raise FileNotFoundError(f"{source.path}: not an ingest directory (no accepted.jsonl); run `chatsmith labels ingest` first")
+        if source.kind != "ingest" and not source.path.is_file():
+            raise FileNotFoundError(f"{source.path}: no such file")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a source is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    if not sources:
+        raise ValueError("nothing to build: give ingest directories or training files")
+    return sources
+
+
+def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: int = 0, sft_files=(), comparison_files=(),
+          sft_eval_files=(), comparison_eval_files=()) -> dict:
+    """Write the comparison and SFT datasets from every source into `out_dir`.
+
+    `ingest_dir`: one ingest dir or a list; `sft_files`, `comparison_files`: plain training files
+    split like the records; `sft_eval_files`, `comparison_eval_files`: rows always held out (their
+    prompts are then kept out of train). Returns {"comparisons_train", "comparisons_eval",
+    "sft_train", "sft_eval" (row counts), "tied_pairs_dropped", "duplicates", "records", "prompts",
+    "eval_prompts", "sources", "by_source": {source: {"format", "duplicates", "kinds": {kind:
+    {"records", "sft_rows", "comparison_rows"}}}}, "paths": {name: path}}."""
+    if out_dir is None:
+        raise TypeError("build() needs out_dir")
     if not 0 <= eval_fraction < 1 or math.isnan(eval_fraction):
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    dirs = [ingest_dir] if isinstance(ingest_dir, (str, os.PathLike)) else list(ingest_dir)
+    sources = _sources(ingest_dir, sft_files, comparison_files, sft_eval_files, comparison_eval_files)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # pass 1: the prompts (digests only), so the split is decided before any row is written
     keys: set[str] = set()
-    for directory in dirs:
-        for record in read_records(directory):
-            keys.add(prompt_key(record.prompt))
-    held_out = eval_prompts(keys, eval_fraction=eval_fraction, seed=seed)
+    fixed: set[str] = set()
+    for source in sources:
+        for unit in _units(source):
+            (fixed if source.held_out else keys).add(unit.key)
+    held_out = fixed | eval_prompts(keys - fixed, eval_fraction=eval_fraction, seed=seed)
 
     names = ["comparisons_train", "comparisons_eval", "sft_train", "sft_eval"]
     paths = {name: out_dir / f"{name}.jsonl" for name in names}
     counts = dict.fromkeys(names, 0)
-    records = ties = 0
+    by_source: dict[str, dict] = {}
+    seen: dict[bool, set[int]] = {True: set(), False: set()}  # records (by content id) and plain rows apart
+    records = ties = duplicates = 0
     handles = {name: open(str(path) + ".tmp", "w", encoding="utf-8") for name, path in paths.items()}
     try:
-        for directory in dirs:
-            for record in read_records(directory):
+        for source in sources:
+            kinds: dict[str, Counter] = {}
+            dropped = 0
+            for unit in _units(source):
+                marker, already = int(unit.digest[:16], 16), seen[source.kind == "ingest"]
+                if marker in already:
+                    dropped += 1
+                    continue
+                already.add(marker)
                 records += 1
-                split = "eval" if prompt_key(record.prompt) in held_out else "train"
-                if isinstance(record, Comparison):
-                    rows, dropped = comparison_pairs(record)
-                    ties += dropped
-                    name = f"comparisons_{split}"
-                else:
-                    rows, name = [sft_row(record)], f"sft_{split}"
-                for row in rows:
-                    handles[name].write(json.dumps(row, ensure_ascii=False) + "\n")
-                counts[name] += len(rows)
+                ties += unit.ties
+                split = "eval" if source.held_out or unit.key in held_out else "train"
+                for dataset, rows in (("sft", unit.sft), ("comparisons", unit.comparisons)):
+                    for row in rows:
+                        handles[f"{dataset}_{split}"].write(json.dumps(row, ensure_ascii=False) + "\n")
+                    counts[f"{dataset}_{split}"] += len(rows)
+                tally = kinds.setdefault(unit.kind, Counter())
+                tally.update(records=1, sft_rows=len(unit.sft), comparison_rows=len(unit.comparisons))
+            duplicates += dropped
+            by_source[source.name] = {"format": source.describe(), "duplicates": dropped,
+                                      "kinds": {k: dict(v) for k, v in sorted(kinds.items())}}
     finally:
         for handle in handles.values():
             handle.close()
     for name, path in paths.items():
         os.replace(str(path) + ".tmp", path)
 
-    summary = {**counts, "tied_pairs_dropped": ties, "records": records, "prompts": len(keys),
-               "eval_prompts": len(held_out), "eval_fraction": eval_fraction, "seed": seed,
-               "sources": [str(d) for d in dirs], "paths": {name: str(path) for name, path in paths.items()}}
+    summary = {**counts, "tied_pairs_dropped": ties, "duplicates": duplicates, "records": records,
+               "prompts": len(keys | fixed), "eval_prompts": len(held_out), "eval_fraction": eval_fraction, "seed": seed,
+               "sources": [s.name for s in sources], "by_source": by_source,
+               "paths": {name: str(path) for name, path in paths.items()}}
     (out_dir / "build.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def format_table(summary: dict) -> str:
+    """The build summary as a table: rows per source and kind, then the split."""
+    lines = [f"{'source':<40} {'format':<14} {'kind':<14} {'records':>8} {'sft':>7} {'pairs':>7}"]
+    for name, info in summary["by_source"].items():
+        shown = name if len(name) <= 40 else "..." + name[-37:]
+        for kind, tally in info["kinds"].items():
+            lines.append(f"{shown:<40} {info['format']:<14} {kind:<14} {tally.get('records', 0):>8} "
+                         f"{tally.get('sft_rows', 0):>7} {tally.get('comparison_rows', 0):>7}")
+        if info["duplicates"]:
+            lines.append(f"{shown:<40} {info['format']:<14} {'(duplicates)':<14} {info['duplicates']:>8}")
+    lines.append(" ".join(f"{k} {summary[k]}" for k in ("comparisons_train", "comparisons_eval", "sft_train", "sft_eval",
+                                                       "tied_pairs_dropped")))
+    return "\n".join(lines)

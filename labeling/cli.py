@@ -1,8 +1,12 @@
 """`chatsmith labels ...`: ingest, stats, build, tasks. See labeling/README.md.
 
 The console script `chatsmith` dispatches `chatsmith labels ARGS...` to `main(ARGS)`. Imports are
-lazy so `--help` stays fast; a mistake the user made (unreadable file, wrong format) prints one
-line `chatsmith labels: error: ...` and returns 2.
+lazy so `--help` stays fast. Exit codes, each failure one line `chatsmith labels: error: ...`:
+  0  done;
+  1  an ingest that accepted nothing (empty file, LFS pointer, binary data, another format, only
+     bad records): the line says why, and `looks like a X export; use --format X` when another
+     reader would accept the file;
+  2  a usage mistake (unreadable file, unknown format, bad option, a value out of range).
 """
 
 from __future__ import annotations
@@ -33,20 +37,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=FORMATS, metavar="FMT", help="one of: " + ", ".join(FORMATS))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--tasks", metavar="TASKS_JSONL", help="label-studio: match annotations to this tasks.jsonl by task id")
+    p.add_argument("--hh-demonstrations", action="store_true",
+                   help="hh-rlhf: also take each chosen transcript as a demonstration (its replies were written by models)")
 
     p = sub.add_parser("stats", help="agreement, gold accuracy, ties, position/length bias, time outliers")
     p.add_argument("dir", metavar="DIR", help="an ingest output directory")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
 
-    p = sub.add_parser("build", help="pairwise comparisons (TRL) and SFT conversations, split by prompt")
-    p.add_argument("dir", metavar="DIR", nargs="+", help="ingest output directories")
+    p = sub.add_parser("build", help="pairwise comparisons (TRL) and SFT conversations from every source, split by prompt")
+    p.add_argument("dir", metavar="DIR", nargs="*", help="ingest output directories (combined)")
     p.add_argument("--out", required=True, metavar="DATA")
+    p.add_argument("--sft", action="append", default=[], metavar="FILE", help="also: SFT conversations {messages} (repeatable)")
+    p.add_argument("--comparisons", action="append", default=[], metavar="FILE",
+                   help="also: comparisons {prompt, chosen, rejected} (repeatable)")
+    p.add_argument("--sft-eval", action="append", default=[], metavar="FILE", help="held-out SFT conversations (repeatable)")
+    p.add_argument("--comparisons-eval", action="append", default=[], metavar="FILE", help="held-out comparisons (repeatable)")
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("tasks", help="sample K replies per prompt from a checkpoint; write comparison tasks")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("prompts", metavar="PROMPTS", help="JSONL with `prompt` or `messages`, or a text file (one prompt a line)")
+    p = sub.add_parser("tasks", help="tasks for labelers: comparisons (K sampled replies), demonstrations, rewrites",
+                       usage=f"{PROG} tasks CHECKPOINT PROMPTS --k K --out DIR | --kind demonstration PROMPTS --out DIR | "
+                             "--kind rewrite ANSWERS [--worst N] --out DIR | --from-eval RUN [--stage S] --worst N --out DIR")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="comparison: CHECKPOINT PROMPTS; demonstration: PROMPTS (JSONL with `prompt` or `messages`, or one "
+                        "prompt a line); rewrite: ANSWERS (JSONL {prompt, answer|greedy, reward|score?, flags?})")
+    p.add_argument("--kind", choices=("comparison", "demonstration", "rewrite"), default=None,
+                   help="what labelers do: rank K replies (default), write the reply, or rewrite a bad reply")
+    p.add_argument("--from-eval", metavar="RUN", help="rewrite tasks from RUN/STAGE/eval_answers.jsonl (needs scores)")
+    p.add_argument("--stage", metavar="STAGE", help="--from-eval: which stage's answers (default: ppo, else sft)")
+    p.add_argument("--worst", type=int, metavar="N", help="rewrite: only the N lowest-scored answers")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -59,7 +78,7 @@ def _run(args) -> int:
     if args.command == "ingest":
         from labeling.ingest import ingest
 
-        summary = ingest(args.format, args.input, args.out, tasks_path=args.tasks)
+        summary = ingest(args.format, args.input, args.out, tasks_path=args.tasks, hh_demonstrations=args.hh_demonstrations)
         reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none"
         print(f"read {summary['read']}  accepted {summary['accepted']}  rejected {summary['rejected']}  ({reasons})")
         print(f"wrote {args.out}/accepted.jsonl, rejected.jsonl, summary.json")
@@ -75,17 +94,56 @@ def _run(args) -> int:
     elif args.command == "build":
         from labeling.build import build
 
-        summary = build(args.dir if len(args.dir) > 1 else args.dir[0], args.out, eval_fraction=args.eval_fraction, seed=args.seed)
-        print(" ".join(f"{k} {summary[k]}" for k in ("comparisons_train", "comparisons_eval", "sft_train", "sft_eval", "tied_pairs_dropped")))
+        from labeling.build import build, format_table
+
+        if not (args.dir or args.sft or args.comparisons or args.sft_eval or args.comparisons_eval):
+            raise _UserError("build: give ingest directories (DIR ...) or training files (--sft, --comparisons)")
+        summary = build(args.dir, args.out, eval_fraction=args.eval_fraction, seed=args.seed, sft_files=args.sft,
+                        comparison_files=args.comparisons, sft_eval_files=args.sft_eval, comparison_eval_files=args.comparisons_eval)
+        print(format_table(summary))
         print(f"wrote {args.out}")
     elif args.command == "tasks":
-        from labeling.tasks import sample_tasks
-
-        summary = sample_tasks(args.checkpoint, args.prompts, args.out, k=args.k, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, seed=args.seed)
-        print(f"{summary['tasks']} tasks from {summary['prompts']} prompts ({summary['skipped_prompts']} skipped: fewer than 2 distinct replies)")
-        print(f"wrote {args.out}/tasks.jsonl, label_studio_import.json, label_studio_config.xml")
+        _tasks(args)
     return 0
+
+
+def _tasks(args) -> None:
+    kind = args.kind or ("rewrite" if args.from_eval else "comparison")
+    wanted = {"comparison": 2, "demonstration": 1, "rewrite": 0 if args.from_eval else 1}[kind]
+    if args.from_eval and kind != "rewrite":
+        raise _UserError("tasks: --from-eval makes rewrite tasks (drop --kind or use --kind rewrite)")
+    if len(args.inputs) != wanted:
+        expected = {"comparison": "CHECKPOINT PROMPTS", "demonstration": "PROMPTS",
+                    "rewrite": "no INPUT with --from-eval" if args.from_eval else "ANSWERS"}[kind]
+        raise _UserError(f"tasks --kind {kind}: expected {expected}, got {len(args.inputs)} input(s)")
+    if (args.worst is not None or args.stage) and kind != "rewrite":
+        raise _UserError("tasks: --worst and --stage apply to rewrite tasks")
+    if args.stage and not args.from_eval:
+        raise _UserError("tasks: --stage applies with --from-eval")
+    from labeling import tasks
+
+    files = f"{args.out}/tasks.jsonl, label_studio_import.json, label_studio_config.xml"
+    if kind == "comparison":
+        checkpoint, prompts = args.inputs
+        summary = tasks.sample_tasks(checkpoint, prompts, args.out, k=args.k, max_new_tokens=args.max_new_tokens,
+                                     temperature=args.temperature, seed=args.seed)
+        print(f"{summary['tasks']} tasks from {summary['prompts']} prompts ({summary['skipped_prompts']} skipped: fewer than 2 distinct replies)")
+    elif kind == "demonstration":
+        summary = tasks.demonstration_tasks(args.inputs[0], args.out)
+        print(f"{summary['tasks']} demonstration tasks")
+    else:
+        if args.from_eval:
+            summary = tasks.tasks_from_eval(args.from_eval, args.out, worst=args.worst, stage=args.stage)
+        else:
+            summary = tasks.rewrite_tasks(tasks.read_answers(args.inputs[0]), args.out, worst=args.worst, where=args.inputs[0])
+        skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items() if v) or "none"
+        print(f"{summary['tasks']} rewrite tasks from the {summary['picked']} worst of {summary['answers']} answers (left out: {skipped})")
+    print(f"wrote {files}")
+
+
+def _say_error(err: Exception) -> None:
+    # always one line, whatever the exception's own text looks like (pydantic's spans several)
+    print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,19 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     except _UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _say_error(err)
         return 2
     except (OSError, ValueError) as err:
         # a file the user named cannot be read or written, or a value (eval fraction, k, a prompts
         # line) is out of range; bad records inside an export never get here, ingest quarantines them
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _say_error(err)
         return 2
     except Exception as err:
+        from labeling.ingest import NothingAccepted
         from labeling.readers import InputError
 
         if isinstance(err, InputError):
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return 2
+            _say_error(err)
+            return 1 if isinstance(err, NothingAccepted) else 2
         raise
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Ingest a labeler export: read it, validate every unit, quarantine what cannot be used.
 
-    chatsmith labels ingest --format FMT INPUT --out DIR
+    chatsmith labels ingest --format FMT INPUT --out DIR [--tasks TASKS_JSONL] [--hh-demonstrations]
 
 In:  INPUT in one of labeling.readers.FORMATS.
 Out: DIR/accepted.jsonl  native records (labeling.schema), each with provenance;
@@ -8,6 +8,10 @@ Out: DIR/accepted.jsonl  native records (labeling.schema), each with provenance;
      DIR/summary.json    {"read", "accepted", "rejected", "reasons": {reason: count}, "kinds", ...}.
 `read` counts every unit examined (a non-blank line; an annotation or response of a one-document
 format; a message group of an OA tree) and always equals accepted + rejected.
+
+An input that yields no good record at all (empty, a Git LFS pointer, binary data, another format,
+nothing but bad records) raises `NothingAccepted` after writing the three files: one line saying
+why, and which other reader would accept the file when one would (the CLI exits 1).
 
 Ingest streams: memory holds one unit at a time plus an 8-byte digest per accepted record (for
 duplicate detection).
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from labeling.readers import FORMATS, READERS, InputError, Item
+from labeling.readers import FORMATS, LFS_MAGIC, READERS, UTF8_BOM, InputError, Item
 from labeling.schema import RECORD_ADAPTER, SCHEMA_VERSION, Comparison, Demonstration, Rewrite, content_id
 
 MAX_RAW_CHARS = 20_000  # rejected.jsonl keeps the raw text up to this length (and says if it cut)
@@ -33,11 +37,27 @@ class FormatError(InputError):
     """An unknown --format."""
 
 
+class NothingAccepted(InputError):
+    """The input gave no good record: the message says why in one line; `summary` has the counts
+    (accepted.jsonl, rejected.jsonl and summary.json are written before it is raised)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
+# Reader options: which format takes each (anything else is a user error).
+OPTIONS = {"tasks": "label-studio", "hh_demonstrations": "hh-rlhf"}
+SNIFF_UNITS = 200  # units each other reader tries when looking for the format a file is really in
+
+
 def _validation_reason(err: ValidationError) -> tuple[str, str]:
     errors = err.errors(include_url=False)
     first = errors[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
     detail = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    if any(e.get("type") == "string_too_short" and e.get("loc", ())[-1:] == ("reply",) for e in errors):
+        return "empty_reply", "the reply is empty"
     if any(e.get("type") == "missing" for e in errors):
         missing = [".".join(str(p) for p in e.get("loc", ())) for e in errors if e.get("type") == "missing"]
         return "missing_field", "missing " + ", ".join(missing)
@@ -66,6 +86,96 @@ def _content_problem(record) -> tuple[str, str] | None:
     return None
 
 
+def check_item(item: Item, fmt: str, source: str) -> tuple[object | None, str, str]:
+    """(the validated record, or None with the reason and detail it is set aside). No duplicates check."""
+    if item.reason is not None:
+        return None, item.reason, item.detail
+    fields = dict(item.record)
+    fields.pop("provenance", None)
+    fields["provenance"] = {"source_format": fmt, "file": source, "line": item.line, "sha256": item.sha256, "part": item.part}
+    try:
+        record = RECORD_ADAPTER.validate_python(fields)
+    except ValidationError as err:
+        return None, *_validation_reason(err)
+    if record.status != "submitted":
+        return None, f"status_{record.status}", f"a {record.status} judgment does not count"
+    problem = _content_problem(record)
+    if problem:
+        return None, *problem
+    return record, "", ""
+
+
+def _accepts_any(fmt: str, path: Path) -> bool:
+    """Whether reader `fmt` accepts at least one record among the first SNIFF_UNITS units of `path`."""
+    try:
+        for count, item in enumerate(READERS[fmt](path), start=1):
+            if check_item(item, fmt, str(path))[0] is not None:
+                return True
+            if count >= SNIFF_UNITS:
+                return False
+    except (InputError, OSError, ValueError):
+        return False
+    return False
+
+
+def _head(path: Path, size: int = 8192) -> bytes:
+    import gzip
+
+    with open(path, "rb") as handle:
+        head = handle.read(size)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as handle:
+                return handle.read(size)
+        except (OSError, EOFError):
+            return head
+    return head
+
+
+def _not_text(head: bytes) -> str | None:
+    """What the file is when it is not UTF-8 text ("WHAT" or "WHAT: ADVICE"); None for text."""
+    magic = {b"PAR1": "a Parquet file: convert it to JSONL first (pandas.read_parquet(F).to_json(OUT, orient='records', lines=True))",
+             b"PK\x03\x04": "a zip archive: unzip it and ingest the export inside",
+             b"SQLite format 3": "an SQLite database", b"\x89PNG": "a PNG image", b"%PDF": "a PDF document"}
+    for prefix, what in magic.items():
+        if head.startswith(prefix):
+            return what
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text: save it as UTF-8"
+    if b"\x00" in head:
+        return "binary data"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 4:  # not just a character cut at the end of the sample
+            return "binary data (not UTF-8 text)"
+    return None
+
+
+def _a(fmt: str) -> str:
+    return f"{'an' if fmt[0] in 'aeiou' else 'a'} {fmt}"
+
+
+def nothing_accepted_message(fmt: str, path: Path, summary: dict, out_dir: Path) -> str:
+    """One line: why nothing in `path` was accepted as `fmt`, and the format it looks like."""
+    if summary["read"] == 0:
+        return f"{path} is empty: no records to ingest"
+    head = _head(path)
+    if head.removeprefix(UTF8_BOM).startswith(LFS_MAGIC):
+        return f"{path} is a Git LFS pointer, not the data: run `git lfs pull` (or download the file itself)"
+    what = _not_text(head)
+    if what:
+        what, _, advice = what.partition(": ")
+        return f"{path} is {what}, not {_a(fmt)} export" + (f": {advice}" if advice else "")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items(), key=lambda kv: -kv[1]))
+    message = (f"nothing accepted from {path} as {fmt}: read {summary['read']}, all rejected ({reasons}; "
+               f"see {out_dir / 'rejected.jsonl'})")
+    for other in FORMATS:
+        if other != fmt and _accepts_any(other, path):
+            return f"{message}; looks like {_a(other)} export; use --format {other}"
+    return message
+
+
 def _raw_text(raw: bytes) -> tuple[str, bool]:
     text = raw.decode("utf-8", errors="backslashreplace")
     if len(text) > MAX_RAW_CHARS:
@@ -84,13 +194,16 @@ def load_tasks(path: str | os.PathLike) -> dict[str, dict]:
     return tasks
 
 
-def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, *, tasks_path: str | os.PathLike | None = None) -> dict:
+def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, *, tasks_path: str | os.PathLike | None = None,
+           hh_demonstrations: bool = False) -> dict:
     """Read `input_path` in format `fmt`; write accepted/rejected JSONL and summary.json to `out_dir`.
 
     `tasks_path` (label-studio only): the tasks.jsonl the export was made from; annotations are
-    matched to it by task id. Returns the summary dict (also written to out_dir/summary.json).
+    matched to it by task id. `hh_demonstrations` (hh-rlhf only): also take each chosen transcript
+    as a demonstration. Returns the summary dict (also written to out_dir/summary.json).
     Raises InputError (a user error: one line, no traceback at the CLI) when the input cannot be
-    read at all or `fmt` is unknown; bad content never raises, it is quarantined."""
+    read at all or `fmt` is unknown, and NothingAccepted (after writing the outputs) when not one
+    record was accepted; bad records next to good ones never raise, they are quarantined."""
     if fmt not in READERS:
         raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     input_path, out_dir = Path(input_path), Path(out_dir)
@@ -99,9 +212,12 @@ def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, 
     if input_path.is_dir():
         raise InputError(f"{input_path} is a directory, not a file")
     kwargs = {}
+    for option, given in (("tasks", tasks_path is not None), ("hh_demonstrations", hh_demonstrations)):
+        if given and fmt != OPTIONS[option]:
+            raise InputError(f"--{option.replace('_', '-')} only applies to --format {OPTIONS[option]}")
+    if hh_demonstrations:
+        kwargs["hh_demonstrations"] = True
     if tasks_path is not None:
-        if fmt != "label-studio":
-            raise InputError("--tasks only applies to --format label-studio")
         try:
             kwargs["tasks"] = load_tasks(tasks_path)
         except (OSError, ValueError, KeyError) as err:
@@ -128,23 +244,9 @@ def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, 
 
         for item in READERS[fmt](input_path, **kwargs):
             read += 1
-            if item.reason is not None:
-                set_aside(item, item.reason, item.detail)
-                continue
-            fields = dict(item.record)
-            fields.pop("provenance", None)
-            fields["provenance"] = {"source_format": fmt, "file": source, "line": item.line, "sha256": item.sha256, "part": item.part}
-            try:
-                record = RECORD_ADAPTER.validate_python(fields)
-            except ValidationError as err:
-                set_aside(item, *_validation_reason(err))
-                continue
-            if record.status != "submitted":
-                set_aside(item, f"status_{record.status}", f"a {record.status} judgment does not count")
-                continue
-            problem = _content_problem(record)
-            if problem:
-                set_aside(item, *problem)
+            record, reason, detail = check_item(item, fmt, source)
+            if record is None:
+                set_aside(item, reason, detail)
                 continue
             digest = content_id(record)
             key = int(digest[:16], 16)
@@ -165,6 +267,7 @@ def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, 
     summary = {
         "format": fmt,
         "input": source,
+        "options": {"tasks": str(tasks_path) if tasks_path is not None else None, "hh_demonstrations": hh_demonstrations},
         "schema_version": SCHEMA_VERSION,
         "read": read,
         "accepted": accepted,
@@ -179,7 +282,28 @@ def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, 
     tmp = out_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out_dir / "summary.json")
+    if accepted == 0:
+        raise NothingAccepted(nothing_accepted_message(fmt, input_path, summary, out_dir), summary)
     return summary
+
+
+def ingest_all(sources, out_root: str | os.PathLike) -> list[dict]:
+    """Ingest several labeler exports, each into its own directory under `out_root`.
+
+    `sources`: dicts {"format", "path", "tasks"?, "hh_demonstrations"?}, ingested in order into
+    out_root/NN-FORMAT-STEM (NN = position). Returns their summaries, each with "dir" added; pass
+    the dirs to labeling.build.build, which combines them. Raises on the first source that
+    cannot be read or gives nothing (InputError / NothingAccepted): every listed export counts."""
+    out_root = Path(out_root)
+    summaries = []
+    for number, source in enumerate(sources):
+        path = Path(source["path"])
+        stem = path.name.split(".")[0] or "export"
+        directory = out_root / f"{number:02d}-{source['format']}-{stem}"
+        summary = ingest(source["format"], path, directory, tasks_path=source.get("tasks"),
+                         hh_demonstrations=bool(source.get("hh_demonstrations", False)))
+        summaries.append({**summary, "dir": str(directory)})
+    return summaries
 
 
 def read_records(ingest_dir: str | os.PathLike):

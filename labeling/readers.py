@@ -6,10 +6,14 @@ on bad content: they say why. `labeling.ingest` validates, de-duplicates and wri
 
 Formats (see labeling/README.md for the exact shapes accepted):
 - native:       JSONL of labeling.schema records;
-- hh-rlhf:      Anthropic HH-RLHF JSONL (`chosen`/`rejected` transcripts), plain or gzip;
-- oasst:        OpenAssistant message-tree JSONL (one tree per line);
-- label-studio: Label Studio JSON export (an array of tasks with annotations), or JSONL of tasks;
-- argilla:      Argilla export records (v2 nested or flat, v1 FeedbackDataset), JSON array or JSONL.
+- hh-rlhf:      Anthropic HH-RLHF JSONL (`chosen`/`rejected` transcripts), plain or gzip; the chosen
+                transcript also as a demonstration when asked (`hh_demonstrations=True`);
+- oasst:        OpenAssistant message-tree JSONL (one tree per line): ranked siblings -> comparisons,
+                the best-ranked reply along each path -> demonstrations (as OA's own SFT exports);
+- label-studio: Label Studio JSON export (an array of tasks with annotations), or JSONL of tasks:
+                rankings -> comparisons, free text (TextArea) -> demonstrations and rewrites;
+- argilla:      Argilla export records (v2 nested or flat, v1 FeedbackDataset), JSON array or JSONL:
+                rankings -> comparisons, TextQuestion answers -> demonstrations and rewrites.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class InputError(Exception):
@@ -74,6 +79,8 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, bytes, Any, Item | None]]
         try:
             for number, raw in enumerate(handle, start=1):
                 raw = raw.rstrip(b"\r\n")
+                if number == 1 and raw.startswith(UTF8_BOM):  # Windows tools write one; it is not data
+                    raw = raw[len(UTF8_BOM):]
                 if not raw.strip():
                     continue
                 if number == 1 and raw.startswith(LFS_MAGIC):
@@ -104,6 +111,8 @@ def iter_json_elements(path: Path) -> Iterator[tuple[int, bytes, Any, Item | Non
     """Like iter_json_lines for a file that is one JSON array (or, failing that, JSONL)."""
     with _open_binary(path) as handle:
         data = handle.read()
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
     head = data.lstrip()[:1]
     if head != b"[":
         yield from iter_json_lines(path)
@@ -180,7 +189,11 @@ def split_hh_pair(chosen: str, rejected: str) -> tuple[list[dict], str, str] | N
     return None
 
 
-def read_hh(path: Path) -> Iterator[Item]:
+def read_hh(path: Path, hh_demonstrations: bool = False) -> Iterator[Item]:
+    """One Item per line: a comparison chosen > rejected. With `hh_demonstrations` a line that
+    splits into a prompt and two replies is two units: the comparison (part `comparison`) and the
+    chosen reply as a demonstration (part `demonstration`). Off by default: HH's assistant turns
+    were written by models, not labelers; crowdworkers only picked the better one."""
     for line, raw, obj, bad in iter_json_lines(path):
         if bad:
             yield bad
@@ -199,12 +212,15 @@ def read_hh(path: Path) -> Iterator[Item]:
             yield _reject(line, raw, reason, "no Human turn followed by an Assistant turn shared by chosen and rejected")
             continue
         prompt, chosen_reply, rejected_reply = split
-        yield Item(line=line, raw=raw, record={
+        yield Item(line=line, raw=raw, part="comparison" if hh_demonstrations else None, record={
             "kind": "comparison",
             "prompt": prompt,
             "candidates": [{"id": "chosen", "content": chosen_reply}, {"id": "rejected", "content": rejected_reply}],
             "ranking": [["chosen"], ["rejected"]],
         })
+        if hh_demonstrations:
+            yield Item(line=line, raw=raw, part="demonstration", record={
+                "kind": "demonstration", "prompt": prompt, "reply": chosen_reply})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,11 +287,27 @@ def read_oasst(path: Path) -> Iterator[Item]:
             yield _reject(line, raw, "not_exportable", f"tree_state {state!r} is not ready_for_export")
             continue
         tree_id = str(tree.get("message_tree_id") or root.get("message_id") or f"line{line}")
-        yield from _oa_walk(root, [], tree_id, line, raw)
+        yield from _oa_walk(root, [], tree_id, line, raw, True, [False])
 
 
-def _oa_walk(node: dict, history: list[dict], tree_id: str, line: int, raw: bytes) -> Iterator[Item]:
-    """Items for `node` (a prompter message whose path is `history`) and everything below it."""
+def _oa_best(replies: list[dict]) -> list[dict]:
+    """The best-ranked of a prompter's valid replies: the lowest `rank` when any is ranked, else
+    the reply when it is the only one (several unranked siblings have no best)."""
+    ranked = [r for r in replies if isinstance(r.get("rank"), int)]
+    if ranked:
+        top = min(r["rank"] for r in ranked)
+        return [r for r in ranked if r["rank"] == top]
+    return replies if len(replies) == 1 else []
+
+
+def _oa_walk(node: dict, history: list[dict], tree_id: str, line: int, raw: bytes, on_best: bool,
+             found: list[bool]) -> Iterator[Item]:
+    """Items for `node` (a prompter message whose path is `history`) and everything below it.
+
+    `on_best`: every assistant reply on the way here was the best-ranked of its siblings. A best
+    reply whose path goes no further down a best path ends a thread: one demonstration with the
+    whole path as its prompt (OpenAssistant's SFT export with top_k=1). `found[0]` is set when
+    this subtree yielded such a thread."""
     part = str(node.get("message_id"))
     bad = _oa_set_aside(node)
     if bad or node.get("role") != "prompter":
@@ -293,10 +325,7 @@ def _oa_walk(node: dict, history: list[dict], tree_id: str, line: int, raw: byte
             continue
         good.append(reply)
     ranked = [r for r in good if isinstance(r.get("rank"), int)]
-    unranked = [r for r in good if not isinstance(r.get("rank"), int)]
-    if len(ranked) == 1:
-        unranked, ranked = unranked + ranked, []
-    if ranked:
+    if len(ranked) >= 2:
         groups: dict[int, list[str]] = {}
         for reply in ranked:
             groups.setdefault(reply["rank"], []).append(str(reply["message_id"]))
@@ -316,18 +345,29 @@ def _oa_walk(node: dict, history: list[dict], tree_id: str, line: int, raw: byte
             "ratings": ratings,
             "flags": flags,
         })
-    for reply in unranked:
-        yield Item(line=line, raw=raw, part=f"{tree_id}/{reply.get('message_id')}", record={
-            "kind": "demonstration",
-            "prompt": prompt,
-            "reply": reply["text"],
-            "labeler": {"id": str(reply["user_id"]), "pool": "oasst"} if reply.get("user_id") else None,
-        })
+    best = {id(r) for r in _oa_best(good)} if on_best else set()
     for reply in good:
+        reply_id = str(reply.get("message_id"))
         context = prompt + [{"role": "assistant", "content": reply["text"]}]
+        below = [False]
         for child in reply.get("replies") or []:
             if isinstance(child, dict):
-                yield from _oa_walk(child, context, tree_id, line, raw)
+                yield from _oa_walk(child, context, tree_id, line, raw, id(reply) in best, below)
+        if id(reply) in best:
+            found[0] = True
+            if not below[0]:  # the path ends here (or goes on only through set-aside messages)
+                yield Item(line=line, raw=raw, part=f"{tree_id}/{reply_id}", record={
+                    "kind": "demonstration",
+                    "prompt": prompt,
+                    "reply": reply["text"],
+                    "labeler": {"id": str(reply["user_id"]), "pool": "oasst"} if reply.get("user_id") else None,
+                })
+        elif len(ranked) < 2 or not isinstance(reply.get("rank"), int):  # in no comparison, on no best path
+            if not isinstance(reply.get("rank"), int) and len(good) > 1:
+                reason, detail = "unranked", f"message {reply_id}: one of {len(good)} sibling replies without a rank, so none is the best"
+            else:
+                reason, detail = "not_best_ranked", f"message {reply_id}: its path goes through a reply that was not the best-ranked"
+            yield _reject(line, raw, reason, detail, part=reply_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,9 +376,25 @@ def _oa_walk(node: dict, history: list[dict], tree_id: str, line: int, raw: byte
 _RANK_BUCKET = re.compile(r"^rank[_-]?(\d+)$")
 
 
+# Free text: which text box holds the reply, which hold a comment, and where a rewrite's original is.
+# Names are matched exactly (a LabelQuestion named `response_quality` is not a reply).
+REWRITE_NAMES = ("rewrite", "rewritten", "corrected", "correction", "corrected_response", "corrected_reply",
+                 "rewritten_response", "improved_response", "better_response", "ideal_response")
+REPLY_NAMES = ("reply", *REWRITE_NAMES, "response", "answer", "demonstration", "completion", "output")
+RATIONALE_NAMES = {"rationale", "feedback", "comment", "comments", "explanation", "justification", "notes"}
+ORIGINAL_KEYS = ("original", "response", "reply", "answer", "completion", "output")
+WRITING_MODES = ("demonstration", "rewrite")
+
+
 def _ls_prompt(data: dict) -> list[dict] | None:
+    """The prompt conversation of a task / record: `prompt`, `question` or `instruction` (a string
+    or a list of messages); a non-empty `context` or `input` string is appended to a string prompt
+    (Argilla's SFT template, Alpaca)."""
     prompt = data.get("prompt", data.get("question", data.get("instruction")))
     if isinstance(prompt, str):
+        context = data.get("context", data.get("input"))
+        if isinstance(context, str) and context.strip():
+            prompt = f"{prompt}\n\n{context}"
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
         return [{"role": m.get("role"), "content": m.get("content")} for m in prompt]
@@ -438,11 +494,69 @@ def _ls_judgment(data: dict, candidates: list[dict], annotation: dict) -> tuple[
     return {"ranking": ranking, "ratings": ratings, "flags": flags, "rationale": rationale}, "", ""
 
 
+def _pick_reply(texts: dict[str, str]) -> tuple[str | None, str, str]:
+    """(name of the text box holding the reply, or None with reason and detail)."""
+    for name in REPLY_NAMES:
+        if name in texts:
+            return name, "", ""
+    if len(texts) == 1:
+        return next(iter(texts)), "", ""
+    if not texts:
+        return None, "missing_field", "no written reply (a TextArea result) in the annotation"
+    return None, "unsupported_shape", f"several text boxes {sorted(texts)} and none is named one of {', '.join(REPLY_NAMES[:3])}, ..."
+
+
+def _writing_record(mode: str | None, reply_name: str, reply: str, flags: list | None, source: dict) -> tuple[dict | None, str, str]:
+    """The fields of a demonstration or rewrite. `mode` None: a rewrite when `source` has an
+    `original`, or when the reply box is named like a rewrite and `source` holds exactly one reply
+    (`response`, `answer`, ...) to be the original; otherwise a demonstration."""
+    original = source.get("original")
+    if mode is None:
+        if isinstance(original, str):
+            mode = "rewrite"
+        elif reply_name in REWRITE_NAMES:
+            shown = [k for k in ORIGINAL_KEYS if isinstance(source.get(k), str) and k != reply_name]
+            if len(shown) == 1:
+                mode, original = "rewrite", source[shown[0]]
+        mode = mode or "demonstration"
+    if mode == "demonstration":
+        return {"kind": "demonstration", "reply": reply}, "", ""
+    if not isinstance(original, str):
+        return None, "missing_field", "a rewrite task without the original reply"
+    return {"kind": "rewrite", "reply": reply, "original": original, "original_model": source.get("original_model"),
+            "flags": list(flags or [])}, "", ""
+
+
+def _ls_writing(mode: str | None, source: dict, annotation: dict) -> tuple[dict | None, str, str]:
+    """(demonstration / rewrite fields from one free-text annotation, or None with reason and detail)."""
+    texts: dict[str, str] = {}
+    flags = None
+    for result in annotation.get("result") or []:
+        if not isinstance(result, dict):
+            continue
+        kind, name, value = result.get("type"), str(result.get("from_name", "")), result.get("value") or {}
+        if kind == "textarea" and name not in RATIONALE_NAMES:
+            text = value.get("text")
+            text = [text] if isinstance(text, str) else text
+            if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+                return None, "invalid_field", f"textarea {name!r}: value.text must be a list of strings"
+            texts[name] = "\n".join(text)  # one entry per submission; a reply box allows one
+        elif kind == "choices" and name == "flags":
+            flags = list(value.get("choices") or [])
+    name, reason, detail = _pick_reply(texts)
+    if name is None:
+        return None, reason, detail
+    return _writing_record(mode, name, texts[name], flags, source)
+
+
 def read_label_studio(path: Path, tasks: dict[str, dict] | None = None) -> Iterator[Item]:
     """One Item per annotation (a task without annotations is one `no_annotation` item).
 
+    A task with candidates (ranker, pairwise, preference choices) gives comparisons; a task without
+    (or one written by `labels tasks --kind demonstration|rewrite`, whose data has `task_kind`)
+    gives a demonstration or rewrite from the annotation's TextArea.
     `tasks` (task id -> native task dict, from tasks.jsonl) makes the task file authoritative for
-    the prompt, candidates and models; an annotation of a task not in it is `unknown_task`."""
+    the prompt, candidates, original and models; an annotation of a task not in it is `unknown_task`."""
     for index, raw, task, bad in iter_json_elements(path):
         if bad:
             yield bad
@@ -462,9 +576,29 @@ def read_label_studio(path: Path, tasks: dict[str, dict] | None = None) -> Itera
                 for annotation in annotations:
                     yield _reject(index, raw, "unknown_task", f"task id {task_id} is not in the tasks file", part=str(annotation.get("id")))
                 continue
-            prompt, candidates, gold = known["prompt"], known["candidates"], known.get("gold_ranking")
+            writing = known if known.get("kind") == "writing_task" else None
+            prompt, candidates, gold = known["prompt"], None if writing else known["candidates"], known.get("gold_ranking")
         else:
-            prompt, candidates, gold = _ls_prompt(data), _ls_candidates(data), data.get("gold_ranking")
+            writing = data if data.get("task_kind") in WRITING_MODES else None
+            prompt, candidates, gold = _ls_prompt(data), None if writing else _ls_candidates(data), data.get("gold_ranking")
+            if candidates is None and writing is None:
+                writing = data  # no replies to rank: a free-text task (an LLM fine-tuning template)
+        if writing is not None and prompt is not None:
+            mode = writing.get("mode", writing.get("task_kind"))
+            for annotation in annotations:
+                part = str(annotation.get("id"))
+                if annotation.get("was_cancelled"):
+                    yield _reject(index, raw, "status_cancelled", "the labeler skipped the task", part=part)
+                    continue
+                fields, reason, detail = _ls_writing(mode if mode in WRITING_MODES else None, writing, annotation)
+                if fields is None:
+                    yield _reject(index, raw, reason, detail, part=part)
+                    continue
+                yield Item(line=index, raw=raw, part=part, record={
+                    "task_id": task_id, "prompt": prompt, "labeler": _ls_labeler(annotation),
+                    "guideline_version": writing.get("guideline_version", data.get("guideline_version")),
+                    "time_spent_s": annotation.get("lead_time"), **fields})
+            continue
         if prompt is None or candidates is None:
             for annotation in annotations:
                 what = "prompt" if prompt is None else "candidates"
@@ -497,8 +631,7 @@ def read_label_studio(path: Path, tasks: dict[str, dict] | None = None) -> Itera
 # ---------------------------------------------------------------------------------------------
 # Argilla
 
-_CANDIDATE_FIELD = re.compile(r"^(response|reply|answer|completion|candidate|generation)[_-]?\w*$")
-_RATIONALE_QUESTIONS = {"rationale", "feedback", "comment", "explanation", "justification"}
+_CANDIDATE_FIELD = re.compile(r"^(response|reply|answer|completion|candidate|generation|output)[_-]?\w*$")
 
 
 def _argilla_responses(record: dict) -> list[dict] | None:
@@ -553,8 +686,38 @@ def _argilla_ranking(value: Any, ids: list[str]) -> list[list[str]] | None:
     return None
 
 
+def _argilla_answers(response: dict, ids: list[str]) -> tuple[dict | None, str, str]:
+    """What one user answered: {"ranking", "ratings", "rationale", "reply": (question, text), "flags"}."""
+    out = {"ranking": None, "ratings": {}, "rationale": None, "reply": None, "flags": None}
+    texts = {}
+    for question, value in response["values"].items():
+        if question.startswith("flag"):  # a MultiLabelQuestion of flags (for a rewrite: of the original)
+            out["flags"] = list(value) if isinstance(value, list) else [value]
+        elif isinstance(value, list):
+            out["ranking"] = _argilla_ranking(value, ids)
+            if out["ranking"] is None:
+                return None, "unranked", f"question {question!r}: not a ranking of the responses"
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            cid = next((c for c in ids if c in question), None)
+            scale = question.replace(cid, "").strip("_-") if cid else question
+            if cid:
+                out["ratings"].setdefault(cid, {})[scale if scale not in ("", "rating", "score") else "overall"] = value
+        elif isinstance(value, str) and question in RATIONALE_NAMES:
+            out["rationale"] = value
+        elif isinstance(value, str) and question in REPLY_NAMES:  # a TextQuestion: the labeler's reply
+            texts[question] = value
+    if texts:
+        name, _, _ = _pick_reply(texts)
+        out["reply"] = (name, texts[name])
+    return out, "", ""
+
+
 def read_argilla(path: Path) -> Iterator[Item]:
-    """One Item per user response of a record (a record without responses is `no_annotation`)."""
+    """One Item per user response of a record (a record without responses is `no_annotation`).
+
+    A ranking question over two or more response fields gives a comparison; a TextQuestion answer
+    (question named `response`, `reply`, `answer`, `rewrite`, `corrected_response`, ...) gives a
+    rewrite when the record shows exactly one response field (the original), else a demonstration."""
     for index, raw, record, bad in iter_json_elements(path):
         if bad:
             yield bad
@@ -562,10 +725,10 @@ def read_argilla(path: Path) -> Iterator[Item]:
         fields = record.get("fields") if isinstance(record.get("fields"), dict) else record
         metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
         prompt = _ls_prompt(fields)
-        ids = sorted(k for k, v in fields.items() if _CANDIDATE_FIELD.match(k) and isinstance(v, str))
-        if prompt is None or len(ids) < 2:
-            yield _reject(index, raw, "missing_field", "a record needs a prompt field and two or more response fields")
+        if prompt is None:
+            yield _reject(index, raw, "missing_field", "a record needs a prompt field (`prompt`, `question` or `instruction`)")
             continue
+        ids = sorted(k for k, v in fields.items() if _CANDIDATE_FIELD.match(k) and isinstance(v, str))
         models = metadata.get("models") if isinstance(metadata.get("models"), dict) else {}
         candidates = [{"id": cid, "content": fields[cid], "model": models.get(cid, metadata.get(f"model_{cid}"))} for cid in ids]
         responses = _argilla_responses(record)
@@ -573,40 +736,39 @@ def read_argilla(path: Path) -> Iterator[Item]:
             yield _reject(index, raw, "no_annotation", "the record has no responses")
             continue
         record_id = str(record.get("id") or record.get("external_id") or index)
+        common = {"task_id": str(metadata.get("task_id") or record_id), "prompt": prompt,
+                  "guideline_version": metadata.get("guideline_version")}
         for response in responses:
             part = f"{record_id}/{response['user_id']}"
             status = response.get("status") or "submitted"
             if status != "submitted":
                 yield _reject(index, raw, f"status_{status}", f"a {status} response does not count", part=part)
                 continue
-            ranking, ratings, rationale = None, {}, None
-            for question, value in response["values"].items():
-                if isinstance(value, list):
-                    ranking = _argilla_ranking(value, ids)
-                    if ranking is None:
-                        break
-                elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                    cid = next((c for c in ids if c in question), None)
-                    scale = question.replace(cid, "").strip("_-") if cid else question
-                    if cid:
-                        ratings.setdefault(cid, {})[scale if scale not in ("", "rating", "score") else "overall"] = value
-                elif isinstance(value, str) and question in _RATIONALE_QUESTIONS:
-                    rationale = value
-            if ranking is None:
-                yield _reject(index, raw, "unranked", "no readable ranking question in the response", part=part)
+            answers, reason, detail = _argilla_answers(response, ids)
+            if answers is None:
+                yield _reject(index, raw, reason, detail, part=part)
                 continue
-            yield Item(line=index, raw=raw, part=part, record={
-                "kind": "comparison",
-                "task_id": str(metadata.get("task_id") or record_id),
-                "prompt": prompt,
-                "candidates": candidates,
-                "display_order": ids,
-                "ranking": ranking,
-                "ratings": ratings,
-                "rationale": rationale,
-                "labeler": {"id": str(response["user_id"])},
-                "guideline_version": metadata.get("guideline_version"),
-            })
+            labeler = {"id": str(response["user_id"])}
+            if answers["ranking"] is not None and len(ids) >= 2:
+                yield Item(line=index, raw=raw, part=part, record={
+                    "kind": "comparison", **common, "labeler": labeler,
+                    "candidates": candidates,
+                    "display_order": ids,
+                    "ranking": answers["ranking"],
+                    "ratings": answers["ratings"],
+                    "rationale": answers["rationale"],
+                })
+                continue
+            if answers["reply"] is not None:
+                name, text = answers["reply"]
+                shown = {"original": fields[ids[0]], "original_model": candidates[0]["model"]} if len(ids) == 1 else {}
+                fields_out, reason, detail = _writing_record("rewrite" if shown else "demonstration", name, text, answers["flags"], shown)
+                yield Item(line=index, raw=raw, part=part, record={**common, "labeler": labeler, **fields_out})
+                continue
+            if len(ids) < 2:
+                yield _reject(index, raw, "missing_field", "no written reply, and fewer than two response fields to rank", part=part)
+            else:
+                yield _reject(index, raw, "unranked", "no readable ranking question in the response", part=part)
 
 
 READERS: dict[str, Callable[..., Iterator[Item]]] = {

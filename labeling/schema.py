@@ -5,7 +5,8 @@ Three judgment records (a `Record` is one of them, told apart by `kind`):
 - `Rewrite`: a reply that misbehaved and the labeler's corrected reply (feeds SFT);
 - `Comparison`: K >= 2 candidate replies ranked best-first with ties, optional ratings and flags
   (feeds the reward model).
-`ComparisonTask` is what goes out to labelers (a prompt + K candidates + a stable task id).
+`ComparisonTask` is what goes out to labelers for ranking (a prompt + K candidates + a stable task
+id); `WritingTask` is a free-text task (write the reply to a prompt, or rewrite one that misbehaved).
 
 Every record carries its `provenance`: the source format, file, line (or element index for a
 one-document format) and the sha256 of the raw bytes it came from.
@@ -195,6 +196,39 @@ class ComparisonTask(_Strict):
         return self
 
 
+class WritingTask(_Strict):
+    """A free-text task sent to labelers: write the assistant's reply to a prompt (`demonstration`),
+    or correct a reply that misbehaved (`rewrite`: the `original` is shown next to the text box)."""
+
+    kind: Literal["writing_task"] = "writing_task"
+    schema_version: str = SCHEMA_VERSION
+    task_id: str = Field(default="", description="Stable id: derived from the mode, prompt and original when empty.")
+    mode: Literal["demonstration", "rewrite"]
+    prompt: list[Message]
+    original: str | None = Field(default=None, description="rewrite: the reply to correct (required); demonstration: none.")
+    original_model: str | None = Field(default=None, description="The model (checkpoint) that wrote the original.")
+    original_flags: list[Flag] = Field(default_factory=list, description="What an evaluation flagged in the original, when known.")
+    score: float | None = Field(default=None, description="The reward / score that selected the original (lower is worse).")
+    guideline_version: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def check_prompt(cls, prompt: list[Message]) -> list[Message]:
+        return _prompt_ok(prompt)
+
+    @model_validator(mode="after")
+    def _original_and_id(self) -> "WritingTask":
+        has_original = bool(self.original and self.original.strip())
+        if self.mode == "rewrite" and not has_original:
+            raise ValueError("a rewrite task needs the original reply")
+        if self.mode == "demonstration" and self.original is not None:
+            raise ValueError("a demonstration task has no original reply (use mode rewrite)")
+        if not self.task_id:
+            body = {"mode": self.mode, "prompt": [m.model_dump() for m in self.prompt], "original": self.original}
+            object.__setattr__(self, "task_id", "w-" + hashlib.sha256(_canonical(body)).hexdigest()[:16])
+        return self
+
+
 Record = Annotated[Union[Demonstration, Rewrite, Comparison], Field(discriminator="kind")]
 RECORD_ADAPTER: TypeAdapter = TypeAdapter(Record)
 
@@ -204,9 +238,22 @@ def _canonical(obj) -> bytes:
 
 
 def prompt_key(prompt: list[Message] | list[dict]) -> str:
-    """A digest of a prompt conversation (what dataset splits are keyed on)."""
+    """A digest of a prompt conversation."""
     turns = [m.model_dump() if isinstance(m, BaseModel) else {"role": m["role"], "content": m["content"]} for m in prompt]
     return hashlib.sha256(_canonical(turns)).hexdigest()
+
+
+def split_key(prompt: list[Message] | list[dict]) -> str:
+    """What dataset splits are keyed on: the conversation's opening user turn (whitespace-trimmed).
+
+    Every turn of one conversation, and every record about the same opening question (a follow-up
+    deep in an OpenAssistant tree, a comparison at its root), gets the same key, so no eval prompt
+    shows up in train, not even as the history of a longer conversation."""
+    for message in prompt:
+        role, content = (message.role, message.content) if isinstance(message, BaseModel) else (message["role"], message["content"])
+        if role == "user":
+            return hashlib.sha256(content.strip().encode("utf-8")).hexdigest()
+    return prompt_key(prompt)
 
 
 def task_id_for(prompt: list[Message], candidates: list[Candidate]) -> str:
@@ -230,6 +277,7 @@ def json_schema() -> dict:
         "version": SCHEMA_VERSION,
         "record": RECORD_ADAPTER.json_schema(),
         "task": ComparisonTask.model_json_schema(),
+        "writing_task": WritingTask.model_json_schema(),
     }
 
 

@@ -1,6 +1,9 @@
-"""The loop back to labelers: comparison tasks out, Label Studio files in both directions.
+"""The loop back to labelers: comparison and writing tasks out, Label Studio files both ways.
 
     chatsmith labels tasks CHECKPOINT PROMPTS --k 4 --out DIR [--max-new-tokens --temperature --seed]
+    chatsmith labels tasks --kind demonstration PROMPTS --out DIR
+    chatsmith labels tasks --kind rewrite ANSWERS --out DIR [--worst N]
+    chatsmith labels tasks --from-eval RUN [--stage sft|ppo] --worst N --out DIR
 
 Samples K replies per prompt from CHECKPOINT and writes
     DIR/tasks.jsonl                  native ComparisonTask records (stable task ids);
@@ -12,6 +15,13 @@ The labelers' Label Studio JSON export comes back through `chatsmith labels inge
 label-studio` (optionally `--tasks DIR/tasks.jsonl`), matched by the task id kept in each task's
 data. `label_studio_export` writes such an export from judgments: the demo world's simulated
 labelers use it, so demo reward data takes the same path as real data.
+
+Writing tasks (`WritingTask`) ask for free text: `demonstration` (write the reply to a prompt) or
+`rewrite` (correct a reply that misbehaved; the original is shown). They are written the same
+way (tasks.jsonl, label_studio_import.json, label_studio_config.xml with a TextArea), and their
+export comes back as demonstrations and rewrites through the same ingest. `rewrite_tasks` picks the
+N worst-scored answers of an evaluation (`--from-eval`): whoever ran the evaluation supplies the
+scores (a reward model's `reward`, or a `score`, and/or `flags`); this module never scores.
 
 Only `sample_tasks` touches torch/transformers, and imports them inside the function.
 """
@@ -26,7 +36,7 @@ from typing import Iterable, Mapping, Sequence
 from xml.sax.saxutils import quoteattr
 
 from labeling.readers import LS_EMAIL_DOMAIN
-from labeling.schema import FLAGS, ComparisonTask, guideline_version
+from labeling.schema import FLAGS, ComparisonTask, WritingTask, guideline_version
 
 RANKER_NAME, LIST_NAME = "rank", "replies"
 RATING_SCALE, RATING_MAX = "overall", 7
@@ -259,5 +269,250 @@ def sample_tasks(checkpoint, prompts_path, out_dir, *, k: int = 4, max_new_token
     return summary
 
 
+# ---------------------------------------------------------------------------------------------
+# Writing tasks: demonstrations and rewrites
+
+REPLY_BOX, REWRITE_BOX, ORIGINAL_NAME, FLAGS_NAME = "reply", "rewrite", "original", "flags"
+EVAL_ANSWERS = "eval_answers.jsonl"
+EVAL_STAGES = ("ppo", "sft")  # where `--from-eval RUN` looks, latest stage first
+SCORE_FIELDS = ("reward", "score")
+ANSWER_FIELDS = ("answer", "greedy", "reply")
+
+
+def as_writing_task(task: WritingTask | Mapping, mode: str | None = None) -> WritingTask:
+    """A WritingTask from a task or a dict ({"prompt", "original"?, "original_model"?, ...})."""
+    if isinstance(task, WritingTask):
+        return task
+    task = dict(task)
+    if mode is not None:
+        task.setdefault("mode", mode)
+    task.setdefault("guideline_version", guideline_version())
+    return WritingTask.model_validate(task)
+
+
+def writing_config(mode: str) -> str:
+    """The Label Studio labeling config for writing tasks of `mode` (demonstration or rewrite)."""
+    head = """<View>
+  <Header value="The conversation so far"/>
+  <Paragraphs name="prompt" value="$prompt" layout="dialogue" nameKey="role" textKey="content"/>
+"""
+    if mode == "demonstration":
+        return head + f"""  <Header value="Write the assistant's next reply, as the labeling guidelines ask."/>
+  <TextArea name="{REPLY_BOX}" toName="prompt" rows="8" maxSubmissions="1" editable="true" required="true"
+            placeholder="The assistant's reply"/>
+</View>
+"""
+    if mode != "rewrite":
+        raise ValueError(f"unknown writing task mode {mode!r}: demonstration or rewrite")
+    choices = "".join(f'    <Choice value="{flag}"/>\n' for flag in FLAGS)
+    return head + f"""  <Header value="The assistant's reply, which misbehaved"/>
+  <Text name="{ORIGINAL_NAME}" value="${ORIGINAL_NAME}"/>
+  <Header value="What is wrong with it?"/>
+  <Choices name="{FLAGS_NAME}" toName="{ORIGINAL_NAME}" choice="multiple" showInline="true">
+{choices}  </Choices>
+  <Header value="Rewrite it: the reply the assistant should have given."/>
+  <TextArea name="{REWRITE_BOX}" toName="{ORIGINAL_NAME}" rows="8" maxSubmissions="1" editable="true" required="true"
+            placeholder="The corrected reply"/>
+</View>
+"""
+
+
+def _writing_data(task: WritingTask) -> dict:
+    data = {"task_id": task.task_id, "task_kind": task.mode, "prompt": [m.model_dump() for m in task.prompt],
+            "guideline_version": task.guideline_version}
+    if task.mode == "rewrite":
+        data.update({"original": task.original, "original_model": task.original_model,
+                     "original_flags": list(task.original_flags), "score": task.score})
+    return data
+
+
+def write_writing_tasks(tasks: Iterable[WritingTask | Mapping], out_dir, *, mode: str) -> dict:
+    """Write tasks.jsonl, label_studio_import.json and label_studio_config.xml for writing tasks.
+
+    All tasks have `mode` (demonstration or rewrite); a task repeated (same prompt and original)
+    is written once. Returns {"tasks": n, "task_ids": [...], "paths": {...}}."""
+    writing_config(mode)  # an unknown mode fails before anything is written
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unique: dict[str, WritingTask] = {}
+    for task in tasks:
+        task = as_writing_task(task, mode)
+        if task.mode != mode:
+            raise ValueError(f"task {task.task_id} is a {task.mode} task, not {mode}")
+        unique.setdefault(task.task_id, task)
+    paths = {"tasks": out_dir / "tasks.jsonl", "label_studio_import": out_dir / "label_studio_import.json",
+             "label_studio_config": out_dir / "label_studio_config.xml"}
+    with open(paths["tasks"], "w", encoding="utf-8") as handle:
+        for task in unique.values():
+            handle.write(task.model_dump_json() + "\n")
+    paths["label_studio_import"].write_text(
+        json.dumps([{"data": _writing_data(t)} for t in unique.values()], ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    paths["label_studio_config"].write_text(writing_config(mode), encoding="utf-8")
+    return {"tasks": len(unique), "task_ids": list(unique), "mode": mode, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def demonstration_tasks(prompts_path, out_dir) -> dict:
+    """Demonstration tasks (labelers write the reply) for every prompt of `prompts_path`
+    (the same files `sample_tasks` reads)."""
+    return write_writing_tasks([{"prompt": p} for p in read_prompts(prompts_path)], out_dir, mode="demonstration")
+
+
+def eval_answers_path(run, stage: str | None = None) -> Path:
+    """The eval answers file of RUN: RUN itself when it is a file, RUN/eval_answers.jsonl for a
+    stage dir, else RUN/STAGE/eval_answers.jsonl (STAGE: `stage`, or the latest of ppo, sft)."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run directory or file")
+    if stage is not None:
+        candidates = [run / stage / EVAL_ANSWERS]
+    else:
+        candidates = [run / EVAL_ANSWERS] + [run / name / EVAL_ANSWERS for name in EVAL_STAGES]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{run}: no {EVAL_ANSWERS} in {', '.join(str(p.parent) for p in candidates)}")
+
+
+def _answer_row(row: dict, where: str) -> dict:
+    """{prompt messages, answer, score, flags, model, split} from one answers line."""
+    conversation = row.get("prompt", row.get("messages"))
+    if isinstance(conversation, str):
+        conversation = [{"role": "user", "content": conversation}]
+    if not isinstance(conversation, list) or not conversation or not all(isinstance(m, dict) for m in conversation):
+        raise ValueError(f"{where}: expected `prompt` (a string or messages) or `messages`")
+    conversation = [{"role": m.get("role"), "content": m.get("content")} for m in conversation]
+    if conversation[-1]["role"] == "assistant":
+        conversation = conversation[:-1]
+    answer = next((row[f] for f in ANSWER_FIELDS if isinstance(row.get(f), str)), None)
+    score = next((row[f] for f in SCORE_FIELDS if isinstance(row.get(f), (int, float)) and not isinstance(row.get(f), bool)), None)
+    flags = row.get("flags") if isinstance(row.get("flags"), list) else []
+    return {"prompt": conversation, "answer": answer, "score": None if score is None else float(score),
+            "flags": [f for f in flags if f in FLAGS], "model": row.get("model"), "split": row.get("split"), "id": row.get("id")}
+
+
+def read_answers(path) -> list[dict]:
+    """Answer rows from JSONL: {"prompt" | "messages", "answer" | "greedy" | "reply", "reward" | "score"?,
+    "flags"?, "model"?, "split"?} (the shape of RUN/STAGE/eval_answers.jsonl)."""
+    path = Path(path)
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError as err:
+                    raise ValueError(f"{path}:{number}: not JSON ({err})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{number}: expected a JSON object")
+                rows.append(_answer_row(row, f"{path}:{number}"))
+    return rows
+
+
+def worst_answers(rows: Sequence[Mapping], n: int | None, *, where: str = "the answers") -> tuple[list[dict], dict]:
+    """The `n` worst answers (all when n is None), worst first, and counts of what was left out.
+
+    Worst = lowest score (`reward` or `score`), more flags breaking ties; with flags but no
+    scores, most flags first (an unflagged answer is not bad). Rows of the `test` split are never
+    picked (nothing is tuned on test; `dev` and unsplit rows are), nor empty answers.
+    Raises ValueError when no row has a score or a flag."""
+    if n is not None and n < 1:
+        raise ValueError("--worst must be at least 1")
+    usable, skipped = [], {"test_split": 0, "empty_answer": 0, "unscored": 0}
+    for row in rows:
+        if row.get("split") not in (None, "dev"):
+            skipped["test_split"] += 1
+        elif not (row.get("answer") or "").strip():
+            skipped["empty_answer"] += 1
+        else:
+            usable.append(dict(row))
+    if not any(r.get("score") is not None or r.get("flags") for r in usable):
+        raise ValueError(f"{where} has no scores: no `reward`, `score` or `flags` field to rank the answers by "
+                         f"(the evaluation must score its answers, e.g. with the reward model)")
+    scored = [r for r in usable if r.get("score") is not None or r.get("flags")]
+    skipped["unscored"] = len(usable) - len(scored)
+    scored.sort(key=lambda r: (r.get("score") is None, r.get("score") or 0.0, -len(r.get("flags") or [])))
+    return (scored if n is None else scored[:n]), skipped
+
+
+def rewrite_tasks(rows: Sequence[Mapping], out_dir, *, worst: int | None = None, model: str | None = None,
+                  where: str = "the answers") -> dict:
+    """Rewrite tasks for the `worst` lowest-scored answers of `rows` ({prompt, answer, score, flags?,
+    model?}): tasks.jsonl, a Label Studio import and a config with the original shown and a TextArea
+    for the corrected reply. `model` names the checkpoint when rows do not. Returns the summary."""
+    picked, skipped = worst_answers(rows, worst, where=where)
+    tasks = [{"prompt": r["prompt"], "original": r["answer"], "original_model": r.get("model") or model,
+              "original_flags": list(r.get("flags") or []), "score": r.get("score")} for r in picked]
+    summary = write_writing_tasks(tasks, out_dir, mode="rewrite")
+    summary.update({"answers": len(rows), "picked": len(picked), "skipped": skipped,
+                    "scores": [r.get("score") for r in picked]})
+    (Path(out_dir) / "tasks_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def tasks_from_eval(run, out_dir, *, worst: int | None, stage: str | None = None) -> dict:
+    """`labels tasks --from-eval RUN --worst N`: rewrite tasks for the N worst held-out answers."""
+    path = eval_answers_path(run, stage)
+    model = path.parent.name if path.name == EVAL_ANSWERS else None
+    summary = rewrite_tasks(read_answers(path), out_dir, worst=worst, model=model, where=str(path))
+    summary["eval_answers"] = str(path)
+    (Path(out_dir) / "tasks_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def label_studio_writing_export(tasks: Sequence[WritingTask | Mapping], judgments, path) -> Path:
+    """Write a Label Studio JSON export of writing tasks as labelers answered them.
+
+    `judgments`: {task_id: [annotation, ...]} or a list parallel to `tasks`; an annotation is
+    {"annotator": str, "text": str, "flags": [flag, ...]? (rewrite), "lead_time"?, "was_cancelled"?}.
+    Each answer is a `textarea` result {"value": {"text": [text]}} from the config's box."""
+    tasks = [as_writing_task(t) for t in tasks]
+    if not isinstance(judgments, Mapping):
+        judgments = {t.task_id: list(j or []) for t, j in zip(tasks, judgments, strict=True)}
+    out, users, annotation_id = [], {}, 0
+    for index, task in enumerate(tasks, start=1):
+        box, target = (REPLY_BOX, "prompt") if task.mode == "demonstration" else (REWRITE_BOX, ORIGINAL_NAME)
+        annotations = []
+        for judgment in judgments.get(task.task_id, []):
+            annotation_id += 1
+            annotator = str(judgment["annotator"])
+            user = users.setdefault(annotator, len(users) + 1)
+            cancelled = bool(judgment.get("was_cancelled", False))
+            result = []
+            if not cancelled:
+                result.append({"id": _result_id(task.task_id, annotator, box), "from_name": box, "to_name": target,
+                               "type": "textarea", "origin": "manual", "value": {"text": [judgment["text"]]}})
+                if judgment.get("flags"):
+                    result.append({"id": _result_id(task.task_id, annotator, FLAGS_NAME), "from_name": FLAGS_NAME,
+                                   "to_name": ORIGINAL_NAME, "type": "choices", "origin": "manual",
+                                   "value": {"choices": list(judgment["flags"])}})
+            annotations.append({
+                "id": annotation_id,
+                "completed_by": {"id": user, "email": annotator if "@" in annotator else annotator + LS_EMAIL_DOMAIN,
+                                 "first_name": "", "last_name": ""},
+                "result": result, "was_cancelled": cancelled, "ground_truth": False,
+                "created_at": _EPOCH, "updated_at": _EPOCH, "draft_created_at": None,
+                "lead_time": float(judgment.get("lead_time", 0.0)), "prediction": {}, "result_count": 0,
+                "unique_id": _result_id("annotation", annotation_id), "import_id": None, "last_action": None,
+                "bulk_created": False, "task": index, "project": 1, "updated_by": user, "parent_prediction": None,
+                "parent_annotation": None, "last_created_by": None,
+            })
+        out.append({
+            "id": index, "annotations": annotations, "file_upload": "label_studio_import.json", "drafts": [],
+            "predictions": [], "data": _writing_data(task), "meta": {}, "created_at": _EPOCH, "updated_at": _EPOCH,
+            "inner_id": index, "total_annotations": sum(not a["was_cancelled"] for a in annotations),
+            "cancelled_annotations": sum(a["was_cancelled"] for a in annotations), "total_predictions": 0,
+            "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None, "project": 1,
+            "updated_by": None, "comment_authors": [],
+        })
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
 __all__ = ["write_tasks", "label_studio_export", "label_studio_config", "sample_tasks", "read_prompts", "as_task",
-           "candidate_ids", "FLAGS"]
+           "candidate_ids", "FLAGS", "as_writing_task", "writing_config", "write_writing_tasks", "demonstration_tasks",
+           "eval_answers_path", "read_answers", "worst_answers", "rewrite_tasks", "tasks_from_eval",
+           "label_studio_writing_export"]

@@ -5,6 +5,7 @@
     chatsmith plan RECIPE [--gpu A100-80GB --mfu 0.4] [key=value ...]   cost per stage before a cluster job
     chatsmith labels {ingest,stats,build,tasks} ...           the human-data side (see labeling/README.md)
     chatsmith chat CHECKPOINT [--temperature ...]             interactive, streaming, multi-turn
+    chatsmith arena CHECKPOINT... --judge reward:DIR|gold|human  pairwise battles -> Bradley-Terry ratings with CIs
 
 Heavy imports (torch, transformers) happen inside the commands, so `--help` answers at once.
 """
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. launch.config=zero3")
 
     sub.add_parser("labels", help="ingest, stats, build, tasks (chatsmith labels --help)", add_help=False)
+    sub.add_parser("arena", help="pairwise battles between checkpoints -> Bradley-Terry ratings with 95%% CIs "
+                                 "(chatsmith arena --help)", add_help=False)
 
     chat = sub.add_parser("chat", help="talk to a checkpoint")
     chat.add_argument("checkpoint")
@@ -63,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         from labeling.cli import main as labels_main
 
         return labels_main(argv[1:])
+    if argv and argv[0] == "arena":
+        from pipeline.arena import main as arena_main
+        from pipeline.demo import gold_scorer_for_run
+
+        return arena_main(argv[1:], gold_scorer_for=gold_scorer_for_run)
     parser = _parser()
     # Overrides may come before or after options (`stage sft R --out D k=v` and `stage sft R k=v --out D`).
     args, extra = parser.parse_known_args(argv)

@@ -238,8 +238,9 @@ def _other_algorithm_keys(items: list[dict]) -> tuple[list[dict], str | None]:
             rest.append(item)
     if not foreign:
         return rest, None
+    owners = sorted({name for key in foreign for name, kind in RL_CONFIGS.items() if key in kind.model_fields})
     return rest, (f"stages.ppo.{', stages.ppo.'.join(foreign)}: not settings of stages.ppo.algorithm {algorithm} "
-                  f"(they belong to other RL algorithms); remove them from the recipe")
+                  f"(they belong to {' / '.join(owners)}); remove them from the recipe or change the algorithm")
 
 
 def _error_line(item: dict) -> str:

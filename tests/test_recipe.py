@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import re
+
 import pytest
 
 from pipeline.recipe import RecipeError, load_recipe
@@ -68,3 +70,27 @@ def test_bad_yaml_key_in_file(tmp_path):
 def test_missing_recipe_file():
     with pytest.raises(RecipeError, match="cannot read recipe"):
         load_recipe("/nonexistent/recipe.yaml")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["stages.pretrain=null"], "stages.sft.init_from: required when stages.pretrain is null"),
+    (["stages.reward=null"], "stages.ppo.reward_model: required by algorithm ppo"),
+    (["stages.ppo.select_best=gold", "stages.ppo.eval_prompts=/data/mine.jsonl"], "stages.ppo.select_best: gold needs a gold judge"),
+    (["stages.ppo.gradient_accumulation_steps=3"], "stages.ppo.gradient_accumulation_steps"),
+    (["stages.ppo={algorithm: grpo, rollout_batch_size: 3, num_generations: 3, num_minibatches: 2}"], "stages.ppo.num_generations"),
+    (["stages.ppo.algorithm=sac"], "stages.ppo.algorithm: 'sac' is not one of"),
+])
+def test_rules_between_fields_are_checked_when_the_recipe_loads(overrides, expected):
+    with pytest.raises(RecipeError, match=re.escape(expected)):
+        load_recipe(REPO / "recipes" / "tiny-cpu.yaml", overrides)
+
+
+def test_each_rl_algorithm_has_its_own_config_type():
+    from stages.config import DPOConfig, GRPOConfig, PPOConfig, RLOOConfig
+
+    kinds = {algorithm: type(load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"stages.ppo={{algorithm: {algorithm}}}"]).stages.ppo)
+             for algorithm in ("ppo", "grpo", "rloo", "dpo")}
+    assert kinds == {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig}
+    assert "beta" in DPOConfig.model_fields and "beta" not in PPOConfig.model_fields
+    assert "num_generations" not in PPOConfig.model_fields and "value_init" not in GRPOConfig.model_fields
+    assert type(load_recipe(REPO / "recipes" / "tiny-cpu.yaml").stages.ppo) is PPOConfig  # no algorithm key: PPO

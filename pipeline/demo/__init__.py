@@ -20,6 +20,20 @@ from stages.checkpoint import sha256_path
 from stages.common import read_jsonl, write_json_atomic, write_jsonl
 
 
+def gold_scorer_for_run(run_dir: str | Path):
+    """The gold judge of a demo run directory (for `chatsmith arena --judge gold`)."""
+    from pipeline.arena import ArenaError
+    from pipeline.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(Path(run_dir) / "recipe.yaml")
+    except RecipeError as error:
+        raise ArenaError(f"--judge gold needs a demo run directory: {error}") from None
+    if recipe.data.source != "demo":
+        raise ArenaError(f"--judge gold is the demo world's judge; {run_dir} is not a demo run (use --judge reward:DIR)")
+    return World.build(recipe.data.world).gold_scorer()
+
+
 class Demo:
     def __init__(self, run):
         self.run = run

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from labeling.build import build, comparison_pairs
 from labeling.ingest import ingest
 from labeling.schema import Comparison, prompt_key
@@ -49,7 +51,7 @@ def test_split_is_by_prompt_and_deterministic(tmp_path):
     again = build(source, tmp_path / "b", eval_fraction=0.2, seed=7)
     other = build(source, tmp_path / "c", eval_fraction=0.2, seed=8)
     assert summary["eval_prompts"] == 6 and summary["prompts"] == 30
-    assert summary["comparisons_train"] + summary["comparisons_eval"] == 30 * 2 * 3
+    assert summary["comparisons_train"] + summary["comparisons_eval"] == 30 * 2 * 3 + 30  # + rewrite > original
     assert summary["sft_train"] + summary["sft_eval"] == 60
     key = lambda row: prompt_key(row.get("prompt") or row["messages"][:-1])
     train = {key(r) for name in ("comparisons_train", "sft_train") for r in _lines(tmp_path / "a" / f"{name}.jsonl")}
@@ -75,3 +77,74 @@ def test_build_accepts_several_ingest_dirs(tmp_path, fixtures):
     summary = build([tmp_path / "hh", tmp_path / "ls"], tmp_path / "data", eval_fraction=0.0)
     # hh: 4 pairs; ls: 3 + 3 (strict rankings of 3) + 2 (a tie among 3)
     assert summary["comparisons_train"] == 4 + 3 + 3 + 2 and summary["tied_pairs_dropped"] == 1
+
+
+def _sources(tmp_path, fixtures):
+    """Demonstrations, rewrites and comparisons from five exports in four formats."""
+    dirs = {"ls-text": ingest("label-studio", fixtures / "label_studio_textarea_export.json", tmp_path / "ls-text"),
+            "argilla-text": ingest("argilla", fixtures / "argilla_v2_text_records.json", tmp_path / "argilla-text"),
+            "oasst": ingest("oasst", fixtures / "oasst_best_paths.jsonl", tmp_path / "oasst"),
+            "hh": ingest("hh-rlhf", fixtures / "hh_small.jsonl", tmp_path / "hh", hh_demonstrations=True),
+            "ls-rank": ingest("label-studio", fixtures / "label_studio_ranker_export.json", tmp_path / "ls-rank")}
+    return [tmp_path / name for name in dirs]
+
+
+def test_sources_combine_and_are_counted_per_source_and_kind(tmp_path, fixtures):
+    dirs = _sources(tmp_path, fixtures)
+    plain = tmp_path / "extra_sft.jsonl"
+    plain.write_text(json.dumps({"messages": [{"role": "user", "content": "Extra?"}, {"role": "assistant", "content": "Yes."}]}) + "\n")
+    summary = build(dirs, tmp_path / "data", eval_fraction=0.0, sft_files=[plain])
+    by = summary["by_source"]
+    assert by[str(tmp_path / "ls-text")]["kinds"] == {
+        "demonstration": {"records": 2, "sft_rows": 2, "comparison_rows": 0},
+        "rewrite": {"records": 1, "sft_rows": 1, "comparison_rows": 1}}
+    assert by[str(tmp_path / "ls-text")]["format"] == "label-studio"
+    assert by[str(tmp_path / "argilla-text")]["kinds"]["rewrite"] == {"records": 1, "sft_rows": 1, "comparison_rows": 1}
+    assert by[str(tmp_path / "oasst")]["kinds"]["demonstration"]["sft_rows"] == 2
+    assert by[str(tmp_path / "hh")]["kinds"] == {"comparison": {"records": 4, "sft_rows": 0, "comparison_rows": 4},
+                                                  "demonstration": {"records": 5, "sft_rows": 5, "comparison_rows": 0}}
+    assert by[str(plain)] == {"format": "sft file", "duplicates": 0,
+                              "kinds": {"conversation": {"records": 1, "sft_rows": 1, "comparison_rows": 0}}}
+    # nothing replaced: every source's rows are in the output, and the counts add up
+    sft_rows = sum(t["sft_rows"] for s in by.values() for t in s["kinds"].values())
+    pair_rows = sum(t["comparison_rows"] for s in by.values() for t in s["kinds"].values())
+    assert sft_rows == summary["sft_train"] + summary["sft_eval"] == 2 + 1 + 2 + 1 + 2 + 5 + 1
+    assert pair_rows == summary["comparisons_train"] + summary["comparisons_eval"] == 1 + 1 + 2 + 4 + (3 + 3 + 2)
+    assert summary["records"] == sum(t["records"] for s in by.values() for t in s["kinds"].values())
+    replies = {r["messages"][-1]["content"] for r in _lines(tmp_path / "data" / "sft_train.jsonl")}
+    assert {"Yes.", "Try the honey cakes.", "The Tallow runs through Brim.", "People in Brim are known for plum cake."} <= replies
+
+
+def test_a_record_in_two_sources_is_kept_once_and_counted(tmp_path, fixtures):
+    ingest("argilla", fixtures / "argilla_v2_text_records.json", tmp_path / "a")
+    ingest("argilla", fixtures / "argilla_v2_text_records.json", tmp_path / "b")
+    summary = build([tmp_path / "a", tmp_path / "b"], tmp_path / "data", eval_fraction=0.0)
+    assert summary["duplicates"] == 3 and summary["by_source"][str(tmp_path / "b")]["duplicates"] == 3
+    assert summary["sft_train"] == 3 and summary["records"] == 3
+
+
+def test_no_eval_conversation_appears_in_train_even_as_history(tmp_path, fixtures):
+    dirs = _sources(tmp_path, fixtures)
+    held = tmp_path / "held_sft.jsonl"
+    held.write_text(json.dumps({"messages": [{"role": "user", "content": "What is the river of Alder?"},
+                                             {"role": "assistant", "content": "The Sorrel."}]}) + "\n")
+    for seed in range(4):
+        out = tmp_path / f"data{seed}"
+        summary = build(dirs, out, eval_fraction=0.4, seed=seed, sft_eval_files=[held])
+        assert summary["eval_prompts"] >= 2
+        train, evals = [], []
+        for name, bucket in (("sft_train", train), ("comparisons_train", train), ("sft_eval", evals), ("comparisons_eval", evals)):
+            for row in _lines(out / f"{name}.jsonl"):
+                bucket.append(row.get("messages") or row["prompt"])
+        eval_users = {m["content"] for turns in evals for m in turns if m["role"] == "user"}
+        train_users = {m["content"] for turns in train for m in turns if m["role"] == "user"}
+        assert evals and train and not eval_users & train_users, seed
+        # the held-out file's prompt pulls the label-studio demonstration on the same question into eval
+        assert "What is the river of Alder?" in eval_users
+
+
+def test_plain_file_with_a_bad_row_names_it(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q", "chosen": "A"}) + "\n")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: a comparison needs rejected"):
+        build([], tmp_path / "data", comparison_files=[bad])

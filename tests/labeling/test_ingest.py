@@ -7,7 +7,7 @@ import json
 import pytest
 
 from labeling.cli import main
-from labeling.ingest import ingest
+from labeling.ingest import NothingAccepted, ingest
 
 GOOD = {"chosen": "\n\nHuman: River of Alder?\n\nAssistant: The Sorrel.", "rejected": "\n\nHuman: River of Alder?\n\nAssistant: The Vell."}
 
@@ -71,8 +71,11 @@ def test_native_rank_mismatch_and_unknown_kind(tmp_path):
 def test_git_lfs_pointer_is_reported_as_such(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n")
-    summary = ingest("hh-rlhf", path, tmp_path / "out")
+    with pytest.raises(NothingAccepted, match="Git LFS pointer") as caught:
+        ingest("hh-rlhf", path, tmp_path / "out")
+    summary = caught.value.summary
     assert summary == {**summary, "read": 3, "accepted": 0, "reasons": {"lfs_pointer": 3}}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary  # written before it raised
 
 
 def test_truncated_gzip_keeps_what_was_readable(tmp_path):
@@ -125,8 +128,10 @@ def test_cli_formats_match_readers():
 
 
 @pytest.mark.parametrize("fmt", ["native", "hh-rlhf", "oasst", "label-studio", "argilla"])
-def test_empty_file_reads_nothing(fmt, tmp_path):
+def test_empty_file_reads_nothing_and_is_an_error(fmt, tmp_path):
     path = tmp_path / "empty.json"
-    path.write_text("")
-    summary = ingest(fmt, path, tmp_path / "out")
+    path.write_text("\n  \n")
+    with pytest.raises(NothingAccepted, match="is empty") as caught:
+        ingest(fmt, path, tmp_path / "out")
+    summary = caught.value.summary
     assert (summary["read"], summary["accepted"], summary["rejected"]) == (0, 0, 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labeling.ingest import ingest
+from labeling.ingest import NothingAccepted, ingest
 
 # Replies may contain newlines and the markers HH uses ("\n\nAssistant:" inside a reply is the hard
 # case); prompt turns may contain "Assistant:" inline but no blank line, as in real HH transcripts
@@ -107,7 +107,11 @@ def _check(fmt, records, plan, rng):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "input.jsonl"
         path.write_bytes(b"\n".join(lines) + b"\n")
-        summary = ingest(fmt, path, Path(tmp) / "out")
+        try:
+            summary = ingest(fmt, path, Path(tmp) / "out")
+        except NothingAccepted as err:  # every record corrupted: an error, with the same counts on file
+            assert not good_lines
+            summary = err.summary
         accepted = [json.loads(l) for l in (Path(tmp) / "out" / "accepted.jsonl").read_text().splitlines()]
         rejected = [json.loads(l) for l in (Path(tmp) / "out" / "rejected.jsonl").read_text().splitlines()]
     nonblank = sum(1 for line in lines if line.strip())

@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from labeling.ingest import ingest
+from labeling.ingest import NothingAccepted, ingest
 from labeling.schema import guideline_version
 from labeling.tasks import label_studio_export, write_tasks
 
@@ -77,8 +77,9 @@ def test_annotations_of_unknown_tasks_are_set_aside(tmp_path):
     write_tasks(_tasks(2), tmp_path / "tasks")
     stray = _tasks(3)[2:]
     export = label_studio_export(stray, [[{"annotator": "x", "ranking": [["a"], ["b"], ["c"]]}]], tmp_path / "export.json")
-    summary = ingest("label-studio", export, tmp_path / "in", tasks_path=tmp_path / "tasks" / "tasks.jsonl")
-    assert (summary["accepted"], summary["reasons"]) == (0, {"unknown_task": 1})
+    with pytest.raises(NothingAccepted, match="unknown_task 1") as caught:
+        ingest("label-studio", export, tmp_path / "in", tasks_path=tmp_path / "tasks" / "tasks.jsonl")
+    assert (caught.value.summary["accepted"], caught.value.summary["reasons"]) == (0, {"unknown_task": 1})
 
 
 def test_gold_items_carry_their_answer(tmp_path):
