@@ -232,7 +232,9 @@ class ResumeState:
         if not (found / STATE_FILE).exists():
             raise ResumeError(f"{found} was written by an older chatsmith (resume format 1); {restart}")
         state = json.loads((found / STATE_FILE).read_text())
-        if state.get("format") != RESUME_FORMAT:
+        if "format" not in state:
+            raise ResumeError(f"{found} was written by an older chatsmith (resume format 1); {restart}")
+        if state["format"] != RESUME_FORMAT:
             raise ResumeError(f"{found} has resume format {state.get('format')}, this chatsmith reads {RESUME_FORMAT}; {restart}")
         if state["backend"] != self.backend or state["world_size"] != self.accelerator.num_processes:
             raise ResumeError(f"{found} was saved by {state['world_size']} process(es) with backend {state['backend']}; this run "

@@ -103,3 +103,40 @@ def test_pretrain_resumes_exactly_after_kill(tmp_path):
     steps_a = [json.loads(l)["loss"] for l in (whole / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     steps_b = [json.loads(l)["loss"] for l in (cut / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert steps_a == steps_b
+
+
+def test_resume_state_refuses_files_chatsmith_did_not_write(tmp_path):
+    """Resume state is only loaded when every file matches the hash recorded at save (DeepSpeed's loader
+    unpickles); an older layout or another launch setting gets a message saying what to do."""
+    import json
+
+    import torch
+    from accelerate import Accelerator
+
+    from stages.checkpoint import ResumeError, ResumeState, make_scheduler
+    from stages.config import PretrainConfig
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = make_scheduler(optimizer, PretrainConfig(), 10)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    resume = ResumeState(accelerator, tmp_path / "resume")
+    resume.save(model=model, optimizer=optimizer, scheduler=scheduler, counters={"step": 3})
+    assert resume.load(model=model, optimizer=optimizer, scheduler=scheduler) == {"step": 3}
+
+    (tmp_path / "resume" / "loop.pt").write_bytes((tmp_path / "resume" / "loop.pt").read_bytes() + b"x")
+    with pytest.raises(ResumeError, match="loop.pt does not match what chatsmith recorded"):
+        resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
+
+    resume.save(model=model, optimizer=optimizer, scheduler=scheduler, counters={"step": 4})
+    state = json.loads((tmp_path / "resume" / "state.json").read_text())
+    (tmp_path / "resume" / "state.json").write_text(json.dumps({**state, "world_size": 2}))
+    with pytest.raises(ResumeError, match="saved by 2 process"):
+        resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
+
+    old = tmp_path / "old" / "resume"
+    old.mkdir(parents=True)
+    (old / "counters.json").write_text('{"step": 5}')
+    with pytest.raises(ResumeError, match="older chatsmith"):
+        ResumeState(accelerator, old).load(model=model, optimizer=optimizer, scheduler=scheduler)
