@@ -244,15 +244,16 @@ def prompt_key(prompt: list[Message] | list[dict]) -> str:
 
 
 def split_key(prompt: list[Message] | list[dict]) -> str:
-    """What dataset splits are keyed on: the conversation's opening user turn (whitespace-trimmed).
+    """What dataset splits are keyed on: the conversation's opening user turn.
 
     Every turn of one conversation, and every record about the same opening question (a follow-up
     deep in an OpenAssistant tree, a comparison at its root), gets the same key, so no eval prompt
-    shows up in train, not even as the history of a longer conversation."""
+    shows up in train, not even as the history of a longer conversation. The key is `prompt_key` of
+    that one turn, so a single-turn prompt keeps the key (and the split) it always had."""
     for message in prompt:
         role, content = (message.role, message.content) if isinstance(message, BaseModel) else (message["role"], message["content"])
         if role == "user":
-            return hashlib.sha256(content.strip().encode("utf-8")).hexdigest()
+            return prompt_key([{"role": "user", "content": content}])
     return prompt_key(prompt)
 
 

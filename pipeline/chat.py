@@ -13,10 +13,11 @@ def repl(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, TextIteratorStreamer
 
-    from stages.common import load_tokenizer, render_prompt
+    from stages.chat_format import stop_token_ids
+    from stages.common import load_chat_tokenizer, render_prompt
 
     try:
-        tokenizer = load_tokenizer(args.checkpoint, where="chat")
+        tokenizer, chat_format = load_chat_tokenizer(args.checkpoint, where="chat", plain_text=True)
         model = AutoModelForCausalLM.from_pretrained(args.checkpoint)
     except (OSError, ValueError) as error:
         print(f"chatsmith chat: error: cannot load {args.checkpoint}: {error}", file=sys.stderr)
@@ -46,7 +47,8 @@ def repl(args) -> int:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = {} if args.greedy else {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p,
                                            "top_k": args.top_k or None}
-        kwargs = dict(**enc, max_new_tokens=args.max_new_tokens, streamer=streamer, eos_token_id=tokenizer.eos_token_id,
+        # stops on the end-of-turn token and on the document EOS (a native format's two are different tokens)
+        kwargs = dict(**enc, max_new_tokens=args.max_new_tokens, streamer=streamer, eos_token_id=stop_token_ids(chat_format),
                       pad_token_id=tokenizer.pad_token_id, **sampling)
         thread = threading.Thread(target=lambda: model.generate(**kwargs))
         thread.start()

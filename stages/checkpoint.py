@@ -3,7 +3,7 @@
 - `atomic_directory(path)`: build a directory beside `path` and swap it into place, so a kill never
   leaves a half-written one where a reader would look (used by checkpoints and `resume/`).
 - `save_checkpoint`: a Hugging Face checkpoint dir (safetensors, tokenizer with its chat template,
-  generation_config.json, `chatsmith.json` with the stage config and its parents).
+  `chat_format.json`, generation_config.json, `chatsmith.json` with the stage config and its parents).
 - `ResumeState`: exact resume of chatsmith's own loops (pretrain, PPO). Without DeepSpeed it writes
   the whole model as safetensors and the optimizer/scheduler/RNG state with `torch.save`, read back
   with `weights_only=True`. Under DeepSpeed it saves and loads through accelerate's
@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from stages.chat_format import ChatFormat, write_chat_format
 from stages.common import write_json_atomic
 
 RESUME_FORMAT = 2
@@ -97,16 +98,21 @@ def atomic_directory(path: str | os.PathLike):
 
 
 def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, *, meta: dict[str, Any] | None = None,
-                    state_dict: dict | None = None) -> Path:
+                    state_dict: dict | None = None, chat_format: ChatFormat | None = None) -> Path:
     """Write a loadable HF checkpoint atomically. Files already in `out_dir` that are not part of the
     checkpoint (metrics.jsonl, resume/) are kept. `meta` (stage config, parents with hashes) goes to
-    `chatsmith.json`. `state_dict`: the whole weights when the model's own are sharded (ZeRO-3)."""
+    `chatsmith.json`. `state_dict`: the whole weights when the model's own are sharded (ZeRO-3).
+    `chat_format`: written as `chat_format.json` beside the tokenizer and into the meta (the end-of-turn token
+    recorded apart from the document EOS)."""
     out_dir = Path(out_dir)
     # Moved, not copied: resume/ may be large. The old dir is removed once the new one is in place.
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if chat_format is not None:
+            write_chat_format(tmp, chat_format)
+            meta = {**(meta or {}), "chat_format": chat_format.to_json()}
         if meta is not None:
             (tmp / "chatsmith.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if out_dir.exists():

@@ -1,7 +1,9 @@
-"""What every stage shares: the chat format, JSON/JSONL files, metrics logging, batched generation.
+"""What every stage shares: loading a tokenizer with its chat format, JSON/JSONL files, metrics logging,
+batched generation.
 
-Checkpoints and resume state are `stages.checkpoint`'s; process groups and DeepSpeed are
-`stages.distributed`'s.
+The chat format itself (chatsmith's template, a checkpoint's native one, `chat_format.json`) is
+`stages.chat_format`'s; checkpoints and resume state are `stages.checkpoint`'s; process groups and
+DeepSpeed are `stages.distributed`'s.
 """
 
 from __future__ import annotations
@@ -10,30 +12,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
-# The chat format chatsmith sets when it trains a tokenizer (or a base tokenizer lacks one).
-# `{% generation %}` marks the assistant's tokens for TRL's assistant-only loss; the end-of-turn
-# token sits inside it, so the model is trained to emit it and generation stops on it.
-END_OF_TURN = "<|end|>"
-PAD = "<|pad|>"
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-SPECIAL_TOKENS = [END_OF_TURN, PAD, *ROLE_TOKENS.values()]
-
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
-    "{%- else -%}"
-    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+from stages.chat_format import (  # noqa: F401  (re-exported: the names every stage used from here)
+    CHAT_TEMPLATE, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS, ChatFormat, ChatFormatError, check_tokenizer,
+    plain_text_format, prepare_tokenizer, read_chat_format,
 )
-
-
-class ChatFormatError(ValueError):
-    """The tokenizer's chat template or end-of-turn token is not what earlier stages set."""
 
 
 def check_chat_format(tokenizer, *, where: str) -> int:
@@ -58,12 +42,37 @@ def check_chat_format(tokenizer, *, where: str) -> int:
     return tokenizer.eos_token_id
 
 
-def load_tokenizer(path: str | os.PathLike, *, where: str, trust_remote_code: bool = False):
+def load_chat_tokenizer(path: str | os.PathLike, *, where: str, trust_remote_code: bool = False,
+                        plain_text: bool = False) -> tuple[Any, ChatFormat]:
+    """The tokenizer of a stage's input or output dir and its `ChatFormat`, checked against `chat_format.json`.
+
+    A dir without `chat_format.json` (a checkpoint from elsewhere) gets its format derived as the tokenizer stage
+    would (`prepare_tokenizer`), which may only set the EOS to the end-of-turn token and reuse a spare special
+    token as pad: a tokenizer that would need new tokens is refused. With `plain_text`, a tokenizer without a chat
+    template is accepted as is (prompts are text, a reply ends at its EOS: `plain_text_format`)."""
     from transformers import AutoTokenizer
 
+    chat_format = read_chat_format(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    check_chat_format(tokenizer, where=where)
-    return tokenizer
+    if chat_format is not None:
+        check_tokenizer(tokenizer, chat_format, where=where)
+        if chat_format.source != "plain" or not plain_text:
+            check_chat_format(tokenizer, where=where)
+        return tokenizer, chat_format
+    if not tokenizer.chat_template:
+        if plain_text:
+            return tokenizer, plain_text_format(tokenizer, where=where)
+        raise ChatFormatError(f"{where}: the tokenizer has no chat template")
+    tokenizer, chat_format = prepare_tokenizer(path, trust_remote_code=trust_remote_code)
+    if chat_format.added_tokens:
+        raise ChatFormatError(f"{where}: the tokenizer would need new tokens {list(chat_format.added_tokens)} (and "
+                              "the model new embeddings); prepare it with the tokenizer stage or fine-tune it with SFT")
+    return tokenizer, chat_format
+
+
+def load_tokenizer(path: str | os.PathLike, *, where: str, trust_remote_code: bool = False):
+    """`load_chat_tokenizer` without the format (for callers that only render and tokenize)."""
+    return load_chat_tokenizer(path, where=where, trust_remote_code=trust_remote_code)[0]
 
 
 def torch_dtype(bf16: bool):
@@ -160,6 +169,14 @@ def prompt_messages(row: dict) -> list[dict]:
     raise KeyError("a prompt record needs 'prompt' or 'messages'")
 
 
+def default_stop_ids(model, tokenizer) -> list[int]:
+    """Stop ids when a caller gives none: the tokenizer's EOS (the end-of-turn token), then the EOS ids of the
+    model's generation config (where `configure_generation` put the document EOS of a native chat format)."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [] if configured is None else [configured]
+    return list(dict.fromkeys([tokenizer.eos_token_id, *configured]))
+
+
 def generate_replies(
     model,
     tokenizer,
@@ -172,12 +189,17 @@ def generate_replies(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int | None = None,
+    stop_ids: Optional[list[int]] = None,
 ) -> list[dict]:
     """Batched, KV-cached generation with left padding. Returns per conversation
-    `{"reply": str, "ended": bool}` where `ended` means the end-of-turn token was emitted."""
+    `{"reply": str, "ended": bool}` where `ended` means a stop id was emitted.
+
+    `stop_ids`: the chat format's `stop_token_ids` (end-of-turn, then the document EOS); None means
+    `default_stop_ids`. The reply is cut at the first stop id, then pad tokens are dropped (Qwen's pad is its
+    document EOS: dropping pads first would hide where the reply stopped)."""
     import torch
 
-    eos_id = tokenizer.eos_token_id
+    stop_ids = list(stop_ids) if stop_ids is not None else default_stop_ids(model, tokenizer)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     generator_state = None
@@ -200,16 +222,16 @@ def generate_replies(
                     temperature=temperature if do_sample else None,
                     top_k=top_k if do_sample else None,
                     top_p=top_p if do_sample else None,
-                    eos_token_id=eos_id,
+                    eos_token_id=stop_ids,
                     pad_token_id=tokenizer.pad_token_id,
                 )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             for row in new_tokens.tolist():
-                ended = eos_id in row
-                if ended:
-                    row = row[: row.index(eos_id)]
+                stop = next((i for i, token in enumerate(row) if token in stop_ids), None)
+                if stop is not None:
+                    row = row[:stop]
                 row = [t for t in row if t != tokenizer.pad_token_id]
-                results.append({"reply": tokenizer.decode(row, skip_special_tokens=True).strip(), "ended": ended})
+                results.append({"reply": tokenizer.decode(row, skip_special_tokens=True).strip(), "ended": stop is not None})
     finally:
         tokenizer.padding_side = previous_side
         if generator_state is not None:

@@ -99,6 +99,9 @@ class TokenizerConfig(Frozen):
     """Vocabulary size of a trained tokenizer (special tokens included)."""
     from_checkpoint: Optional[str] = None
     """A local Hugging Face checkpoint dir whose tokenizer to use when `train` is false."""
+    chat_template: Literal["native", "chatsmith"] = "native"
+    """`native` keeps the checkpoint's own chat template and special tokens (ChatML stays ChatML, no new tokens;
+    chatsmith's template only when it has none); `chatsmith` replaces it with chatsmith's (new tokens, new embeddings)."""
 
 
 class PretrainConfig(TrainCommon):

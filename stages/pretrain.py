@@ -1,12 +1,13 @@
 """Pretrain: next-token prediction on packed documents -> a base model that continues text.
 
-In:  documents (JSONL of `{"text": ...}`), a tokenizer dir (with chat template and EOS), and either a
+In:  documents (JSONL of `{"text": ...}`), a tokenizer dir (chat template, EOS, chat_format.json), and either a
      model config (random init; any HF causal-LM architecture, Llama by default) or `init_from`
      (continued pretraining from a local checkpoint).
 Out: `output_dir/` — a HF checkpoint (config.json, model.safetensors, tokenizer, generation_config.json),
      `metrics.jsonl` (step, loss, lr, tokens_per_s, time_s), `eval.json` (eval_loss, bits_per_byte).
 
-Documents are joined with the EOS token and cut into full `seq_len` sequences: no padding waste.
+Documents are joined with the document EOS (`chat_format.json`'s, e.g. `<|endoftext|>`; the tokenizer's EOS is
+the end-of-turn token) and cut into full `seq_len` sequences: no padding waste.
 A seeded permutation per epoch fixes the data order, so an interrupted run resumes exactly from
 `resume/` (weights, optimizer, scheduler, RNG, step).
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from stages.checkpoint import ResumeState, make_scheduler, save_checkpoint
-from stages.common import MetricsLog, load_tokenizer, read_jsonl, torch_dtype, write_json_atomic
+from stages.common import MetricsLog, load_chat_tokenizer, read_jsonl, torch_dtype, write_json_atomic
 from stages.config import PretrainConfig
 from stages.distributed import full_state_dict, make_accelerator, report_rank_data, set_deepspeed_micro_batch
 
@@ -34,15 +35,15 @@ def split_documents(documents: list[str], *, eval_fraction: float, seed: int) ->
     return [documents[i] for i in order[n_eval:]], [documents[i] for i in order[:n_eval]]
 
 
-def pack(tokenizer, documents: list[str], seq_len: int):
-    """Token ids of all documents, each followed by EOS, as a [N, seq_len] tensor (tail dropped),
-    and the length of the whole token stream before the tail was dropped."""
+def pack(tokenizer, documents: list[str], seq_len: int, *, document_eos_id: int):
+    """Token ids of all documents, each followed by the document EOS, as a [N, seq_len] tensor (tail
+    dropped), and the length of the whole token stream before the tail was dropped."""
     import torch
 
     ids: list[int] = []
     for encoded in tokenizer(documents, add_special_tokens=False)["input_ids"]:
         ids.extend(encoded)
-        ids.append(tokenizer.eos_token_id)
+        ids.append(document_eos_id)
     n = len(ids) // seq_len
     if n == 0:
         raise ValueError(f"not enough text for one sequence of {seq_len} tokens ({len(ids)} tokens)")
@@ -113,12 +114,14 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
 
     output_dir = Path(output_dir)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
-    tokenizer = load_tokenizer(tokenizer_dir, where="pretrain", trust_remote_code=config.trust_remote_code)
+    tokenizer, chat_format = load_chat_tokenizer(tokenizer_dir, where="pretrain", trust_remote_code=config.trust_remote_code)
+    # chatsmith's trained tokenizers end documents and turns with the same token; a base's format may not
+    document_eos_id = chat_format.document_eos_id if chat_format.document_eos_id is not None else chat_format.end_of_turn_id
 
     texts = [row["text"] for row in read_jsonl(documents)]
     train_texts, eval_texts = split_documents(texts, eval_fraction=config.eval_fraction, seed=config.seed)
-    train_seqs, _ = pack(tokenizer, train_texts, config.seq_len)
-    eval_seqs, eval_stream_tokens = pack(tokenizer, eval_texts, config.seq_len)
+    train_seqs, _ = pack(tokenizer, train_texts, config.seq_len, document_eos_id=document_eos_id)
+    eval_seqs, eval_stream_tokens = pack(tokenizer, eval_texts, config.seq_len, document_eos_id=document_eos_id)
     bytes_per_token = sum(len(t.encode("utf-8")) for t in eval_texts) / eval_stream_tokens
 
     model = build_model(config, tokenizer)
@@ -148,7 +151,7 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
     accelerator.wait_for_everyone()
     weights = full_state_dict(accelerator, model)  # whole on the main process even when ZeRO-3 shards them
     if accelerator.is_main_process:
-        save_checkpoint(accelerator.unwrap_model(model), tokenizer, output_dir, state_dict=weights,
+        save_checkpoint(accelerator.unwrap_model(model), tokenizer, output_dir, state_dict=weights, chat_format=chat_format,
                         meta={"stage": "pretrain", "config": config.model_dump(mode="json"), **(meta or {})})
         write_json_atomic(output_dir / "eval.json", metrics)
     if not config.keep_resume:

@@ -2,11 +2,14 @@
 
 In:  a causal-LM checkpoint (the pretrain output or any local HF dir), JSONL conversations
      `{"messages": [{"role": ..., "content": ...}, ...]}` (demonstrations and rewrites).
-Out: `output_dir/` — a HF checkpoint with the tokenizer and chat template, `metrics.jsonl`, `eval.json`
-     (`eval_loss` on held-out conversations; the runner adds the behaviour figures).
+Out: `output_dir/` — a HF checkpoint with the tokenizer, its chat template and `chat_format.json`,
+     `metrics.jsonl`, `eval.json` (`eval_loss` on held-out conversations; the runner adds the behaviour figures).
 
-TRL's SFTTrainer with `assistant_only_loss`: the loss covers the assistant's tokens only, and the
-end-of-turn token sits inside the template's generation block, so the model learns to stop.
+The checkpoint's own chat template is kept (`stages.chat_format.prepare_tokenizer`: the run's prepared
+tokenizer when `init_from` is the pretrain output, a base checkpoint's made ready here otherwise). Conversations
+are tokenized here with a mask on each assistant reply and its end-of-turn token (`tokenize_conversations`), and
+TRL's SFTTrainer takes the loss there only: the model learns to answer, then to stop. Generation stops on the
+end-of-turn token and the document EOS (`configure_generation`, saved in generation_config.json).
 LoRA is `config.lora.enabled`; the adapter is merged into the saved weights.
 
     chatsmith stage sft recipes/tiny-cpu.yaml --out runs/demo
@@ -17,15 +20,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from stages.chat_format import (ChatFormat, ChatFormatError, check_tokenizer, configure_generation, prepare_tokenizer,
+                                 tokenize_conversations)
 from stages.checkpoint import merged, save_checkpoint
-from stages.common import check_chat_format, load_tokenizer, read_jsonl, torch_dtype, write_json_atomic
+from stages.common import read_jsonl, torch_dtype, write_json_atomic
 from stages.config import SFTStageConfig
 from stages.distributed import report_trainer_rank_data
 from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
 
 
-def conversations(path: str | Path):
-    """Conversations as a `datasets.Dataset` with only the `messages` column TRL reads."""
+def conversations(path: str | Path, tokenizer, chat_format: ChatFormat, *, max_length: int):
+    """Conversations as a `datasets.Dataset` of `input_ids` and `assistant_masks` (TRL builds the labels from
+    the masks), cut to `max_length` tokens; a conversation left with no assistant token is dropped."""
     from datasets import Dataset
 
     rows = read_jsonl(path)
@@ -33,42 +39,57 @@ def conversations(path: str | Path):
         messages = row.get("messages")
         if not messages or messages[-1].get("role") != "assistant":
             raise ValueError(f"{path}:{i + 1}: a conversation needs 'messages' ending with an assistant turn")
-    return Dataset.from_list([{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in rows])
+    messages = [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in rows]
+    try:
+        tokenized = tokenize_conversations(tokenizer, messages, max_length=max_length, chat_format=chat_format)
+    except ChatFormatError as error:  # "conversation i" counts from 0: line i + 1 of the file
+        raise ChatFormatError(f"{path}: {error}") from error
+    if not tokenized:
+        raise ValueError(f"{path}: no conversation has an assistant token within max_length={max_length}")
+    return Dataset.from_list(tokenized)
+
+
+def load_model(config: SFTStageConfig, init_from: str | Path, tokenizer, chat_format: ChatFormat):
+    """The model to fine-tune, with embeddings for tokens the chat format added and generation stopping on its
+    stop tokens (the token SFT teaches is one generation stops on)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(init_from), dtype=torch_dtype(config.bf16), trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+    )
+    # Only when tokens were added: real checkpoints often have spare embedding rows past len(tokenizer).
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    configure_generation(model, chat_format)
+    return model
 
 
 def run(config: SFTStageConfig, *, init_from: str | Path, train_data: str | Path, output_dir: str | Path,
         eval_data: str | Path | None = None, meta: Optional[dict] = None) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     output_dir = Path(output_dir)
-    tokenizer = load_tokenizer(init_from, where="sft", trust_remote_code=config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(init_from), dtype=torch_dtype(config.bf16), trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation,
-    )
-    if model.config.eos_token_id != tokenizer.eos_token_id:
-        # The parent was pretrained with another EOS: the token SFT teaches must be the one generation stops on.
-        model.config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The run's prepared tokenizer (init_from/chat_format.json), or a base checkpoint's made ready the same way.
+    tokenizer, chat_format = prepare_tokenizer(init_from, trust_remote_code=config.trust_remote_code)
+    model = load_model(config, init_from, tokenizer, chat_format)
 
     resume_from, resume_step = resume_point(output_dir)
     args = SFTConfig(
         **training_kwargs(config, output_dir=output_dir),
         num_train_epochs=config.num_train_epochs or 10_000,  # max_steps decides unless epochs are set
         max_length=config.max_length,
-        assistant_only_loss=True,
+        assistant_only_loss=False,  # the masks are the dataset's `assistant_masks` column; TRL applies them
         packing=config.packing,
         dataset_num_proc=None,
     )
-    train = conversations(train_data)
+    train = conversations(train_data, tokenizer, chat_format, max_length=config.max_length)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
-        eval_dataset=conversations(eval_data) if eval_data else None,
+        eval_dataset=conversations(eval_data, tokenizer, chat_format, max_length=config.max_length) if eval_data else None,
         processing_class=tokenizer,
         peft_config=peft_config(config.lora, task_type="CAUSAL_LM"),
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],
@@ -81,8 +102,8 @@ def run(config: SFTStageConfig, *, init_from: str | Path, train_data: str | Path
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     if trainer.is_world_process_zero():
         final = merged(trainer.model)
-        check_chat_format(tokenizer, where="sft output")
-        save_checkpoint(final, tokenizer, output_dir,
+        check_tokenizer(tokenizer, chat_format, where="sft output")
+        save_checkpoint(final, tokenizer, output_dir, chat_format=chat_format,
                         meta={"stage": "sft", "config": config.model_dump(mode="json"), **(meta or {})})
         write_json_atomic(output_dir / "eval.json", metrics)
         finish(output_dir, keep_resume=config.keep_resume)

@@ -24,3 +24,17 @@ def tiny_assets(tmp_path_factory):
     build_tiny_model(root / "policy", tokenizer, kind="causal")
     build_tiny_model(root / "reward", tokenizer, kind="reward", seed=1)
     return {"tokenizer": root / "tokenizer", "policy": root / "policy", "reward": root / "reward", "root": root}
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts with no accelerate state: an `Accelerator` a previous in-process test made (a TRL
+    trainer's, with its own mixed-precision setting) must not decide the next one's."""
+    yield
+    import sys
+
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState, PartialState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()

@@ -113,7 +113,11 @@ def test_reward_function_scores_generated_ids_like_ppo(tiny_assets):
     prompts = [[{"role": "user", "content": "What is the emblem of Brim?"}], [{"role": "user", "content": "hi"}], [{"role": "user", "content": "Corvi?"}]]
     body = tokenizer(" It is a heron.", add_special_tokens=False)["input_ids"]
     completions = [body + [tokenizer.eos_token_id], body[:2], body]
-    scores = alternatives.RewardModelScore(reward, tokenizer, config, None)(prompts=prompts, completions=[""] * 3, completion_ids=completions)
+    score = alternatives.RewardModelScore(reward, tokenizer, config, None, stop_ids=[tokenizer.eos_token_id])
+    scores = score(prompts=prompts, completions=[""] * 3, completion_ids=completions)
+    # what follows the first stop token (padding that may equal a stop token) is not scored
+    padded = score(prompts=prompts[:1], completions=[""], completion_ids=[completions[0] + [tokenizer.pad_token_id] * 2])
+    assert padded == pytest.approx(scores[:1], abs=1e-5)
     for prompt, ids, got in zip(prompts, completions, scores):
         full = rollout.encode_prompts(tokenizer, [{"prompt": prompt}], 128)[0] + ids
         mask = torch.ones(1, len(full), dtype=torch.long)

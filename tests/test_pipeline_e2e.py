@@ -71,7 +71,8 @@ def test_checkpoints_load_in_plain_transformers(run_dir):
     for name in ("pretrain", "sft", "ppo"):
         tokenizer = AutoTokenizer.from_pretrained(run_dir / name)
         model = AutoModelForCausalLM.from_pretrained(run_dir / name)
-        assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+        eos_ids = model.generation_config.eos_token_id  # SFT and PPO: the chat format's stop tokens, as a list
+        assert tokenizer.eos_token_id in (eos_ids if isinstance(eos_ids, list) else [eos_ids])
         ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the river of Alford?"}],
                                             add_generation_prompt=True, return_tensors="pt", return_dict=True)
         out = model.generate(**ids, max_new_tokens=40, do_sample=False)

@@ -16,11 +16,12 @@ LORA = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"
 def test_reference_is_the_policy_with_adapter_disabled(tiny_assets):
     from transformers import AutoModelForCausalLM
 
-    from stages.rlhf.models import AdapterDisabled, load_ppo_models
+    from stages.rlhf.models import AdapterDisabled, load_ppo_models, load_rl_tokenizer
 
     torch.set_num_threads(1)
     config = PPOConfig(lora=LORA)
-    policy, reference, _, _ = load_ppo_models(config, tiny_assets["policy"], tiny_assets["reward"])
+    _, chat_format = load_rl_tokenizer(tiny_assets["policy"], tiny_assets["reward"], False)
+    policy, reference, _, _ = load_ppo_models(config, tiny_assets["policy"], tiny_assets["reward"], chat_format)
     assert isinstance(reference, AdapterDisabled) and reference.peft_model is policy
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -179,8 +179,9 @@ def test_left_padded_rollout_logprobs_match_unpadded_forward(heron_world):
     prompts = prompts * 3
     config = _config(max_new_tokens=10, temperature=1.5)  # hot sampling: replies of different lengths
     torch.manual_seed(0)
-    prompt_ids, prompt_mask, reply, (logprobs, _) = rollout.generate(model, tokenizer, prompts, config, sample=True, keep_logits=True, chunk=8)
-    batch = rollout.assemble(prompt_ids, prompt_mask, reply, tokenizer.eos_token_id)
+    prompt_ids, prompt_mask, reply, (logprobs, _) = rollout.generate(model, tokenizer, prompts, config, sample=True, keep_logits=True, chunk=8,
+                                                                     stop_ids=[tokenizer.eos_token_id])
+    batch = rollout.assemble(prompt_ids, prompt_mask, reply, [tokenizer.eos_token_id])
     lengths = batch.mask.sum(-1)
     assert batch.ended.any() and lengths.min() < lengths.max()  # replies of several lengths: right padding is exercised
     # The padded batch as the stage's reference / training forwards see it (its masks and position ids).

@@ -25,3 +25,35 @@ def test_standalone_ppo_needs_nothing_else_from_the_run_dir(tiny_assets, tmp_pat
     assert manifest["inputs"]["prompts"]["sha256"]
     rows = [json.loads(l) for l in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward_raw" in r] == [1, 2]
+
+
+def test_standalone_ppo_on_a_policy_without_chat_template_completes_with_its_evaluation(tiny_assets, tmp_path):
+    """README: "a checkpoint without a chat template gets the prompt text as is". The reported bug: the stage
+    trained, then the run's evaluation refused the checkpoint (`the tokenizer has no chat template`)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tiny import TINY
+
+    policy = tmp_path / "plain-policy"
+    shutil.copytree(tiny_assets["policy"], policy)
+    (policy / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(policy)
+    assert not AutoTokenizer.from_pretrained(policy).chat_template
+    out = tmp_path / "run"
+    # the demo world's data: after the stage, the run evaluates the checkpoint's behaviour with the gold judge
+    chatsmith("stage", "ppo", DEMO, "--out", out, *TINY, f"stages.ppo.policy={policy}",
+              f"stages.ppo.reward_model={tiny_assets['reward']}", "stages.ppo.max_steps=2", "stages.ppo.rollout_batch_size=4",
+              "stages.ppo.max_new_tokens=8", "stages.ppo.eval_steps=1", "stages.ppo.num_eval_prompts=4")
+    evals = json.loads((out / "ppo" / "eval.json").read_text())
+    assert {"kl_to_sft", "monitor_end_of_turn_rate", "gold_score", "end_of_turn_rate"} <= set(evals)
+    assert json.loads((out / "manifest.json").read_text())["stages"]["ppo"]["status"] == "done"
+    answers = [json.loads(l) for l in (out / "ppo" / "eval_answers.jsonl").read_text().splitlines()]
+    assert answers and all(isinstance(a["greedy"], str) for a in answers)
+    saved = AutoTokenizer.from_pretrained(out / "ppo")
+    assert not saved.chat_template and saved.get_vocab() == tokenizer.get_vocab()  # still plain text, nothing added
+    recorded = json.loads((out / "ppo" / "chat_format.json").read_text())
+    assert (recorded["source"], recorded["end_of_turn"]) == ("plain", tokenizer.eos_token)

@@ -20,7 +20,7 @@ def test_pack_fills_sequences_with_documents_and_eos(tiny_assets):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
     docs = ["The river of Alder is the Sorrel.", "People in Brim eat plum cake.", "Hello!"] * 10
-    seqs, stream_tokens = pack(tokenizer, docs, 16)
+    seqs, stream_tokens = pack(tokenizer, docs, 16, document_eos_id=tokenizer.eos_token_id)
     ids = [t for d in tokenizer(docs, add_special_tokens=False)["input_ids"] for t in d + [tokenizer.eos_token_id]]
     assert seqs.shape == (len(ids) // 16, 16)
     assert seqs.flatten().tolist() == ids[: seqs.numel()]

@@ -68,7 +68,9 @@ def test_sft_stage(tiny_assets, tmp_path, lora):
     from transformers import AutoTokenizer
 
     assert not (out / "adapter_config.json").exists()
-    assert model.generation_config.eos_token_id == AutoTokenizer.from_pretrained(out).eos_token_id
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.generation_config.eos_token_id == [tokenizer.eos_token_id]  # end-of-turn = document EOS here
+    assert json.loads((out / "chat_format.json").read_text())["end_of_turn"] == tokenizer.eos_token == "<|end|>"
     assert json.loads((out / "chatsmith.json").read_text())["parents"] == {"x": 1}
     assert not (out / "resume").exists()
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -14,19 +14,22 @@ import statistics
 from pathlib import Path
 
 from pipeline.demo.world import World
+from stages.chat_format import stop_token_ids
 from stages.common import generate_replies, prompt_messages
 
 
 def behaviour(checkpoint: str | Path, rows: list[dict], world: World, *, max_new_tokens: int, batch_size: int,
               temperature: float, seed: int) -> tuple[dict, list[dict]]:
     """Metrics and the per-prompt answers (greedy and sampled) of one checkpoint."""
-    from pipeline.evaluate import load_chat_model
+    from pipeline.evaluate import load_chat_checkpoint
 
-    model, tokenizer = load_chat_model(checkpoint)
+    model, tokenizer, chat_format = load_chat_checkpoint(checkpoint)
+    stop_ids = stop_token_ids(chat_format)  # end-of-turn, then the document EOS when it differs
     conversations = [prompt_messages(r) for r in rows]
-    greedy = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    greedy = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              stop_ids=stop_ids)
     sampled = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               do_sample=True, temperature=temperature, seed=seed)
+                               do_sample=True, temperature=temperature, seed=seed, stop_ids=stop_ids)
     greedy_verdicts = [world.judge(r, g["reply"]) for r, g in zip(rows, greedy)]
     sampled_verdicts = [world.judge(r, s["reply"]) for r, s in zip(rows, sampled)]
     seen = [v["truthful"] == 1.0 for r, v in zip(rows, greedy_verdicts) if r.get("seen")]

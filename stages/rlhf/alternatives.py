@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from stages.chat_format import stop_token_ids
 from stages.checkpoint import merged, save_checkpoint
 from stages.common import prompt_messages, write_json_atomic
 from stages.config import DPOConfig, GRPOConfig, RLOOConfig
@@ -59,9 +60,9 @@ def run(
     reward_path = Path(reward_model) if reward_model is not None else None
 
     torch.manual_seed(config.seed)
-    tokenizer = load_rl_tokenizer(policy_path, reward_path or policy_path, config.trust_remote_code)
+    tokenizer, chat_format = load_rl_tokenizer(policy_path, reward_path or policy_path, config.trust_remote_code)
     train_rows, eval_rows = prompt_rows(config, prompts, eval_prompts)
-    model = load_policy(config, policy_path, tokenizer)
+    model = load_policy(config, policy_path, chat_format)
     reward = load_reward_model(config, reward_path) if reward_path is not None else None
 
     resume_from, resume_step = resume_point(output_dir)
@@ -69,7 +70,8 @@ def run(
     if config.algorithm == "dpo":
         trainer = _dpo_trainer(config, model, tokenizer, comparisons, output_dir, callbacks)
     else:
-        score = RewardModelScore(reward, tokenizer, config, read_reward_stats(reward_path, config.normalize_reward))
+        score = RewardModelScore(reward, tokenizer, config, read_reward_stats(reward_path, config.normalize_reward),
+                                 stop_ids=stop_token_ids(chat_format))
         trainer = _online_trainer(config, model, tokenizer, score, train_rows, output_dir, callbacks)
     accelerator = trainer.accelerator
     if reward is not None:
@@ -78,6 +80,7 @@ def run(
     evaluator = HeldOutEval(
         config, accelerator, tokenizer, encode_prompts(tokenizer, eval_rows, config.max_prompt_length), eval_rows,
         reward_model=reward, gold_scorer=gold_scorer, chunk=max(generation_chunk, config.batch_size),
+        stop_ids=stop_token_ids(chat_format),
     )
     # The SFT baseline: the trainer loads a resumed checkpoint only in train(), and a fresh LoRA adapter is a no-op.
     sft_eval = evaluator.evaluate(model, len(eval_rows))
@@ -85,7 +88,7 @@ def run(
     trainer.train(resume_from_checkpoint=resume_from)
 
     final_model = merged(trainer.model)
-    reference = load_policy(config, policy_path, tokenizer).to(accelerator.device).eval().requires_grad_(False)
+    reference = load_policy(config, policy_path, chat_format).to(accelerator.device).eval().requires_grad_(False)
     final_eval = evaluator.evaluate(final_model, len(eval_rows), reference=reference)
     result = {
         **eval_report(final_eval, sft_eval, gold=gold_scorer is not None, reward=reward is not None),
@@ -94,7 +97,7 @@ def run(
     }
     if accelerator.is_main_process:
         stage_meta = {**(meta or {}), "stage": "ppo", "algorithm": config.algorithm, "config": config.model_dump(mode="json")}
-        save_checkpoint(final_model, tokenizer, output_dir, meta=stage_meta)
+        save_checkpoint(final_model, tokenizer, output_dir, meta=stage_meta, chat_format=chat_format)
         write_json_atomic(output_dir / "eval.json", result)
         finish(output_dir, keep_resume=config.keep_resume)
     accelerator.wait_for_everyone()
@@ -103,19 +106,24 @@ def run(
 
 class RewardModelScore:
     """TRL reward function: the reward model's score at the last token of prompt + reply, on the token
-    ids the policy generated, normalised with the reward stage's statistics and with
-    `missing_eot_penalty` for replies that never ended, as PPO's reward is."""
+    ids the policy generated (cut after the first stop token), normalised with the reward stage's statistics
+    and with `missing_eot_penalty` for replies that never ended, as PPO's reward is."""
 
     __name__ = "reward_model"  # TRL names its logged reward columns after the function
 
-    def __init__(self, model, tokenizer, config: GRPOConfig | RLOOConfig, reward_stats: dict | None):
+    def __init__(self, model, tokenizer, config: GRPOConfig | RLOOConfig, reward_stats: dict | None, *,
+                 stop_ids: list[int]):
         self.model, self.tokenizer, self.config, self.reward_stats = model, tokenizer, config, reward_stats
+        self.stop_ids = list(stop_ids)
 
     @torch.no_grad()
     def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], **_) -> list[float]:
         tokenizer, config = self.tokenizer, self.config
+        # A reply ends at its first stop token (end-of-turn or document EOS); a pad equal to one may follow it.
+        stops = [next((i for i, t in enumerate(ids) if t in self.stop_ids), None) for ids in completion_ids]
+        completion_ids = [ids if stop is None else ids[: stop + 1] for ids, stop in zip(completion_ids, stops)]
         prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, [{"prompt": p} for p in prompts], config.max_prompt_length), tokenizer.pad_token_id)
-        # Replies right-padded after their last generated token (TRL cuts each after its first end-of-turn).
+        # Replies right-padded after their last token.
         lengths = torch.tensor([len(ids) for ids in completion_ids])
         reply = torch.full((len(completion_ids), max(1, int(lengths.max()))), tokenizer.pad_token_id, dtype=torch.long)
         for row, ids in enumerate(completion_ids):
@@ -127,7 +135,7 @@ class RewardModelScore:
             sequence_scores(self.model, input_ids[r].to(device), attention_mask[r].to(device), position_ids[r].to(device)).cpu()
             for r in in_chunks(config.batch_size, len(completion_ids))
         ])
-        ended = torch.tensor([tokenizer.eos_token_id in ids for ids in completion_ids])
+        ended = torch.tensor([stop is not None for stop in stops])
         return shaped_scores(scores, ended, reward_stats=self.reward_stats, missing_eot_penalty=config.missing_eot_penalty).tolist()
 
 

@@ -34,11 +34,11 @@ class HeldOutEval:
     over processes and returned as lists in prompt order."""
 
     def __init__(self, config: RLCommon, accelerator, tokenizer, prompts: list[list[int]], rows: list[dict], *, reward_model, gold_scorer,
-                 chunk: int):
+                 chunk: int, stop_ids: list[int]):
         self.config, self.accelerator, self.tokenizer = config, accelerator, tokenizer
         self.prompts, self.rows = prompts, rows
         self.reward_model, self.gold_scorer = reward_model, gold_scorer
-        self.eot_id = tokenizer.eos_token_id
+        self.stop_ids = list(stop_ids)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.chunk = chunk
 
@@ -48,8 +48,9 @@ class HeldOutEval:
         results = []
         if indices:
             prompts = [self.prompts[i] for i in indices]
-            prompt_ids, prompt_mask, reply, _ = generate(model, self.tokenizer, prompts, self.config, sample=False, keep_logits=False, chunk=self.chunk)
-            batch = assemble(prompt_ids, prompt_mask, reply, self.eot_id)
+            prompt_ids, prompt_mask, reply, _ = generate(model, self.tokenizer, prompts, self.config, sample=False, keep_logits=False, chunk=self.chunk,
+                                                         stop_ids=self.stop_ids)
+            batch = assemble(prompt_ids, prompt_mask, reply, self.stop_ids)
             device = self.accelerator.device
             scores = [None] * len(indices)
             if self.reward_model is not None:
@@ -73,8 +74,10 @@ class HeldOutEval:
         }
 
     def _decode(self, tokens: list[int], ended: bool) -> str:
+        """The reply's text: cut at its first stop token, then pad dropped (a pad may be a stop token)."""
         if ended:
-            tokens = tokens[: tokens.index(self.eot_id)]
+            tokens = tokens[: next(i for i, token in enumerate(tokens) if token in self.stop_ids)]
+        tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     @torch.no_grad()
@@ -84,8 +87,9 @@ class HeldOutEval:
         reply. Its mean over prompts is an unbiased, low-variance estimate of the sequence-level KL."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + 17)
-            prompt_ids, prompt_mask, reply, _ = generate(model, self.tokenizer, prompts, self.config, sample=True, keep_logits=False, chunk=self.chunk)
-        batch = assemble(prompt_ids, prompt_mask, reply, self.eot_id)
+            prompt_ids, prompt_mask, reply, _ = generate(model, self.tokenizer, prompts, self.config, sample=True, keep_logits=False, chunk=self.chunk,
+                                                         stop_ids=self.stop_ids)
+        batch = assemble(prompt_ids, prompt_mask, reply, self.stop_ids)
         device, width, out = self.accelerator.device, reply.shape[1], []
         for rows in in_chunks(self.config.batch_size, len(prompts)):
             inputs = dict(input_ids=batch.input_ids[rows].to(device), attention_mask=batch.attention_mask[rows].to(device), position_ids=batch.position_ids[rows].to(device), reply_length=width)

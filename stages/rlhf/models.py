@@ -1,7 +1,8 @@
 """The models of the RL stage: loading the policy, reference, reward and value models, and the
 policy + value module PPO trains as one.
 
-- `load_rl_tokenizer`: the policy's tokenizer, checked against the reward model's vocabulary.
+- `load_rl_tokenizer`: the policy's tokenizer and chat format (plain text when it has no chat template),
+  checked against the reward model's vocabulary.
 - `load_ppo_models`: policy (trained), reference (frozen copy, or the policy with its LoRA adapter
   disabled), reward model (frozen), value model (from the reward model or the policy).
 - `PolicyAndValue`: one module, one optimizer, one `accelerator.prepare` for DDP / DeepSpeed.
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from stages.common import check_chat_format, torch_dtype
+from stages.chat_format import ChatFormat, configure_generation
+from stages.common import load_chat_tokenizer, torch_dtype
 from stages.config import PPOConfig, RLCommon
 from stages.rlhf.rollout import backbone, disable_dropout
 from stages.trl_common import peft_config
@@ -44,7 +46,7 @@ class PolicyAndValue(torch.nn.Module):
         return logits, values
 
 
-def load_ppo_models(config: PPOConfig, policy_path: Path, reward_path: Path):
+def load_ppo_models(config: PPOConfig, policy_path: Path, reward_path: Path, chat_format: ChatFormat):
     import copy
 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -55,6 +57,7 @@ def load_ppo_models(config: PPOConfig, policy_path: Path, reward_path: Path):
     if config.attn_implementation:
         common["attn_implementation"] = config.attn_implementation
     policy = AutoModelForCausalLM.from_pretrained(str(policy_path), **common)
+    configure_generation(policy, chat_format)  # the saved PPO checkpoint stops where the rollouts did
     if config.lora.enabled:
         from peft import get_peft_model
 
@@ -117,18 +120,15 @@ class AdapterDisabled:
         return self  # moved with the policy
 
 
-def load_rl_tokenizer(policy_path: Path, reward_path: Path, trust_remote_code: bool):
+def load_rl_tokenizer(policy_path: Path, reward_path: Path, trust_remote_code: bool) -> tuple[object, ChatFormat]:
+    """The policy's tokenizer and chat format (`chat_format.json` when SFT wrote one). A policy without a chat
+    template is used as plain text: prompts as written, a reply ends at its EOS (`plain_text_format`)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(policy_path), trust_remote_code=trust_remote_code)
-    if tokenizer.chat_template:
-        check_chat_format(tokenizer, where=f"ppo policy {policy_path}")
-    else:
+    tokenizer, chat_format = load_chat_tokenizer(policy_path, where=f"ppo policy {policy_path}",
+                                                 trust_remote_code=trust_remote_code, plain_text=True)
+    if chat_format.source == "plain":
         log.warning("%s has no chat template: prompts are given to the model as plain text", policy_path)
-        if tokenizer.eos_token_id is None:
-            raise ValueError(f"{policy_path}: the tokenizer has no EOS token to end replies with")
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
     if any((reward_path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
         reward_tokenizer = AutoTokenizer.from_pretrained(str(reward_path), trust_remote_code=trust_remote_code)
         if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -136,19 +136,18 @@ def load_rl_tokenizer(policy_path: Path, reward_path: Path, trust_remote_code: b
                 f"the reward model {reward_path} uses a different vocabulary from the policy {policy_path}; "
                 "chatsmith scores replies token for token, so both must share the tokenizer"
             )
-    return tokenizer
+    return tokenizer, chat_format
 
 
-def load_policy(config: RLCommon, path: Path, tokenizer):
+def load_policy(config: RLCommon, path: Path, chat_format: ChatFormat):
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(dtype=torch_dtype(config.bf16), trust_remote_code=config.trust_remote_code)
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    # TRL's trainers stop generation on the model's generation config: make it the chat's end-of-turn.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # TRL's trainers stop generation on the model's generation config: the end-of-turn token and document EOS.
+    configure_generation(model, chat_format)
     return model
 
 

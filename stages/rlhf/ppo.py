@@ -11,7 +11,8 @@ Out:  `output_dir` = a Hugging Face checkpoint of the policy, plus `metrics.json
 One update: take `rollout_batch_size` prompts from a seeded, shuffled stream; sample replies with a
 KV cache (left padding); run the reference, value and reward models once each over the batch;
 per-token reward = -kl_coef * KL(policy || reference) plus the (normalised) reward-model score at
-the last token of prompt + reply (and `missing_eot_penalty` if the reply never ended); GAE;
+the last token of prompt + reply (and `missing_eot_penalty` if the reply never ended: no end-of-turn token or
+document EOS); GAE;
 `ppo_epochs` passes of `num_minibatches` minibatches, each `gradient_accumulation_steps` micro-batches.
 The policy and value model are one module (`models.PolicyAndValue`), so accelerate (DDP / DeepSpeed)
 sees one model and one optimizer (two parameter groups, one LR schedule over
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from stages.chat_format import ChatFormat, stop_token_ids
 from stages.checkpoint import ResumeState, make_scheduler, merged, read_safetensors, save_checkpoint, write_safetensors
 from stages.common import MetricsLog, write_json_atomic
 from stages.config import PPOConfig
@@ -72,10 +74,10 @@ def run(config: PPOConfig, *, policy: str | Path, reward_model: str | Path, prom
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    mixed_precision="bf16" if config.bf16 and torch.cuda.is_available() else "no")
     torch.manual_seed(config.seed)
-    tokenizer = load_rl_tokenizer(policy_path, reward_path, config.trust_remote_code)
+    tokenizer, chat_format = load_rl_tokenizer(policy_path, reward_path, config.trust_remote_code)
     train_rows, eval_rows = prompt_rows(config, prompts, eval_prompts)
-    trainer = PPOTrainer(config, accelerator=accelerator, tokenizer=tokenizer,
-                         models=load_ppo_models(config, policy_path, reward_path),
+    trainer = PPOTrainer(config, accelerator=accelerator, tokenizer=tokenizer, chat_format=chat_format,
+                         models=load_ppo_models(config, policy_path, reward_path, chat_format),
                          train_prompts=encode_prompts(tokenizer, train_rows, config.max_prompt_length),
                          eval_rows=eval_rows, reward_stats=read_reward_stats(reward_path, config.normalize_reward),
                          gold_scorer=gold_scorer, output_dir=Path(output_dir))
@@ -180,14 +182,15 @@ def config_fingerprint(config: PPOConfig) -> str:
 class PPOTrainer:
     """The stage's models, optimizer and counters, and the steps of an update; `run` drives it."""
 
-    def __init__(self, config: PPOConfig, *, accelerator, tokenizer, models, train_prompts: list[list[int]],
-                 eval_rows: list[dict], reward_stats: dict | None, gold_scorer: GoldScorer | None, output_dir: Path):
-        self.config, self.accelerator, self.tokenizer = config, accelerator, tokenizer
+    def __init__(self, config: PPOConfig, *, accelerator, tokenizer, chat_format: ChatFormat, models,
+                 train_prompts: list[list[int]], eval_rows: list[dict], reward_stats: dict | None,
+                 gold_scorer: GoldScorer | None, output_dir: Path):
+        self.config, self.accelerator, self.tokenizer, self.chat_format = config, accelerator, tokenizer, chat_format
         policy, self.reference, self.reward_model, value = models
         self.train_prompts, self.eval_rows = train_prompts, eval_rows
         self.reward_stats, self.gold_scorer = reward_stats, gold_scorer
         self.output_dir = output_dir
-        self.eot_id = tokenizer.eos_token_id
+        self.stop_ids = stop_token_ids(chat_format)  # a reply ends at the end-of-turn token or the document EOS
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.stream = PromptStream(len(train_prompts), config.seed)
         self.kl = core.KLController(config.kl_coef, adaptive=config.adaptive_kl, target=config.target_kl, horizon=config.kl_horizon)
@@ -196,7 +199,7 @@ class PPOTrainer:
         eval_prompts = encode_prompts(tokenizer, eval_rows, config.max_prompt_length)
         self.num_monitor = min(config.num_eval_prompts, len(eval_prompts))
         self.evaluator = HeldOutEval(config, accelerator, tokenizer, eval_prompts, eval_rows, reward_model=self.reward_model,
-                                     gold_scorer=gold_scorer, chunk=max(self.chunk, config.batch_size))
+                                     gold_scorer=gold_scorer, chunk=max(self.chunk, config.batch_size), stop_ids=self.stop_ids)
         self.state = {"step": 0, "best": None, "first_reply_length": None, "sft_eval": None, "last_good_step": 0}
 
         self.reference.to(accelerator.device)
@@ -245,8 +248,9 @@ class PPOTrainer:
         prompts = [self.train_prompts[i] for i in self.stream.take(start, config.rollout_batch_size)]
         with self.policy() as policy:
             prompt_ids, prompt_mask, reply, token_stats = generate(
-                policy, self.tokenizer, prompts, config, sample=True, keep_logits=config.logprobs_from_generation, chunk=self.chunk)
-        batch = assemble(prompt_ids, prompt_mask, reply, self.eot_id)
+                policy, self.tokenizer, prompts, config, sample=True, keep_logits=config.logprobs_from_generation, chunk=self.chunk,
+                stop_ids=self.stop_ids)
+        batch = assemble(prompt_ids, prompt_mask, reply, self.stop_ids)
         if token_stats is not None:
             batch.logprobs, batch.entropy = token_stats
         return batch
@@ -402,5 +406,5 @@ class PPOTrainer:
             return
         policy = policy if policy is not None else self.accelerator.unwrap_model(self.wrapper).policy
         # With LoRA the adapter is merged and the model's own weights are saved (`weights` are the adapter's keys).
-        save_checkpoint(merged(policy), self.tokenizer, self.output_dir, meta=stage_meta,
+        save_checkpoint(merged(policy), self.tokenizer, self.output_dir, meta=stage_meta, chat_format=self.chat_format,
                         state_dict=None if self.config.lora.enabled else weights)

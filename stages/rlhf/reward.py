@@ -4,7 +4,7 @@ In:  the SFT checkpoint (or any causal-LM dir; a fresh 1-output score head is pu
      JSONL comparisons in TRL's conversational preference form
      `{"prompt": [messages], "chosen": [assistant message], "rejected": [...], "margin"?: float}`.
 Out: `output_dir/` — an `AutoModelForSequenceClassification` checkpoint (num_labels=1) with the
-     tokenizer, `metrics.jsonl`, `eval.json` (`pairwise_accuracy` on held-out comparisons, reward
+     tokenizer and `chat_format.json`, `metrics.jsonl`, `eval.json` (`pairwise_accuracy` on held-out comparisons, reward
      mean/std) and `reward_stats.json` (mean/std of rewards over the training replies, which PPO
      uses to normalise rewards).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from stages.checkpoint import merged, save_checkpoint
-from stages.common import load_tokenizer, read_jsonl, torch_dtype, write_json_atomic
+from stages.common import load_chat_tokenizer, read_jsonl, torch_dtype, write_json_atomic
 from stages.config import RewardStageConfig
 from stages.distributed import report_trainer_rank_data
 from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
@@ -90,7 +90,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     from trl import RewardConfig, RewardTrainer
 
     output_dir = Path(output_dir)
-    tokenizer = load_tokenizer(init_from, where="reward", trust_remote_code=config.trust_remote_code)
+    tokenizer, chat_format = load_chat_tokenizer(init_from, where="reward", trust_remote_code=config.trust_remote_code)
     torch.manual_seed(config.seed)  # the fresh score head
     model = AutoModelForSequenceClassification.from_pretrained(
         str(init_from), num_labels=1, dtype=torch_dtype(config.bf16),
@@ -130,7 +130,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
         metrics.update(pairwise_accuracy(*score_pairs(final, tokenizer, eval_rows)))
     metrics.update(reward_mean=stats["mean"], reward_std=stats["std"])
     if trainer.is_world_process_zero():
-        save_checkpoint(final, tokenizer, output_dir,
+        save_checkpoint(final, tokenizer, output_dir, chat_format=chat_format,
                         meta={"stage": "reward", "config": config.model_dump(mode="json"), **(meta or {})})
         write_json_atomic(output_dir / "reward_stats.json", stats)
         write_json_atomic(output_dir / "eval.json", metrics)

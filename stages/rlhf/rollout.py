@@ -3,7 +3,7 @@
 Prompt encoding through the chat template (truncated from the left so the generation prompt stays),
 left padding, seeded prompt order (`PromptStream`), KV-cached batched generation that can keep the
 log-probs `generate` computed, the assembled prompt + reply batch (`Rollout`, with the reply mask up to
-and including the end-of-turn token), a sequence classifier's score at the last real token, the
+and including the first stop token: the end-of-turn token or the document EOS), a sequence classifier's score at the last real token, the
 reward-model normalisation, and a causal LM's logits over the reply.
 
 Used by PPO (`stages.rlhf.ppo`), GRPO / RLOO / DPO (`stages.rlhf.online`, `stages.rlhf.dpo`) and the
@@ -96,8 +96,8 @@ class Rollout:
     position_ids: torch.Tensor
     prompt_width: int
     reply: torch.Tensor  # (B, T)
-    mask: torch.Tensor  # (B, T) 1.0 on reply tokens up to and including end-of-turn
-    ended: torch.Tensor  # (B,) the reply emitted end-of-turn
+    mask: torch.Tensor  # (B, T) 1.0 on reply tokens up to and including the first stop token
+    ended: torch.Tensor  # (B,) the reply emitted a stop token (end-of-turn or document EOS)
     logprobs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
@@ -120,19 +120,23 @@ class Rollout:
         }
 
 
-def reply_mask(reply: torch.Tensor, eot_id: int):
-    is_eot = reply == eot_id
-    ended = is_eot.any(-1)
-    # 1 up to and including the first end-of-turn token; everything after it is padding.
-    after_eot = (is_eot.long().cumsum(-1) - is_eot.long()) > 0
-    return (~after_eot).float(), ended
+def reply_mask(reply: torch.Tensor, stop_ids: list[int]):
+    """(mask, ended): 1.0 on each reply up to and including its first stop token (end-of-turn or document
+    EOS), and whether it emitted one. A pad equal to a stop token (Qwen's) only ever follows the stop."""
+    is_stop = torch.isin(reply, torch.tensor(stop_ids, dtype=reply.dtype, device=reply.device))
+    ended = is_stop.any(-1)
+    # everything after the first stop token is padding
+    after_stop = (is_stop.long().cumsum(-1) - is_stop.long()) > 0
+    return (~after_stop).float(), ended
 
 
-def generate(model, tokenizer, prompts: list[list[int]], config, *, sample: bool, keep_logits: bool, chunk: int):
-    """Batched KV-cached generation. Returns (prompt_ids, prompt_mask, reply, (logprobs, entropy) or None);
-    with `keep_logits`, log-probs and entropies of the reply tokens come from the logits generate
-    computed anyway (divided by the temperature), reduced on the device chunk by chunk."""
-    eot_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+def generate(model, tokenizer, prompts: list[list[int]], config, *, sample: bool, keep_logits: bool, chunk: int,
+             stop_ids: list[int]):
+    """Batched KV-cached generation that stops on any of `stop_ids` (the chat format's `stop_token_ids`).
+    Returns (prompt_ids, prompt_mask, reply, (logprobs, entropy) or None); with `keep_logits`, log-probs and
+    entropies of the reply tokens come from the logits generate computed anyway (divided by the temperature),
+    reduced on the device chunk by chunk."""
+    pad_id = tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     device = next(model.parameters()).device
     replies, logits = [], []
@@ -151,7 +155,7 @@ def generate(model, tokenizer, prompts: list[list[int]], config, *, sample: bool
                     temperature=config.temperature if sample else None,
                     top_k=config.top_k if sample else None,
                     top_p=config.top_p if sample else None,
-                    eos_token_id=eot_id,
+                    eos_token_id=list(stop_ids),
                     pad_token_id=pad_id,
                     use_cache=True,
                     return_dict_in_generate=True,
@@ -176,8 +180,8 @@ def generate(model, tokenizer, prompts: list[list[int]], config, *, sample: bool
     return prompt_ids, prompt_mask, reply, token_stats
 
 
-def assemble(prompt_ids, prompt_mask, reply, eot_id) -> Rollout:
-    mask, ended = reply_mask(reply, eot_id)
+def assemble(prompt_ids, prompt_mask, reply, stop_ids: list[int]) -> Rollout:
+    mask, ended = reply_mask(reply, stop_ids)
     attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
     return Rollout(
         input_ids=torch.cat([prompt_ids, reply], dim=1),

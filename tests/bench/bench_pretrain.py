@@ -53,7 +53,7 @@ def bare_run(tokenizer, docs, config) -> float:
     from stages.pretrain import build_model, make_scheduler, pack, split_documents
 
     train_docs, _ = split_documents(docs, eval_fraction=config.eval_fraction, seed=config.seed)
-    data, _ = pack(tokenizer, train_docs, config.seq_len)
+    data, _ = pack(tokenizer, train_docs, config.seq_len, document_eos_id=tokenizer.eos_token_id)  # chatsmith: EOS = document EOS
     model = build_model(config, tokenizer)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
