@@ -1,5 +1,5 @@
 """Loading a chat checkpoint for evaluation, and what a base model does with a question (for the report).
-The demo's behaviour evaluation with its gold judge is `pipeline.demo.behaviour`."""
+The run-wide evaluation of chat checkpoints is `pipeline.evaluation`."""
 
 from __future__ import annotations
 

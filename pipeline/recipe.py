@@ -63,16 +63,15 @@ class DataConfig(Frozen):
 
 
 class EvalConfig(Frozen):
-    """Behaviour evaluation of the chat checkpoints on held-out prompts."""
+    """Evaluation of the chat checkpoints on held-out test prompts (`pipeline.evaluation`): greedy, at the
+    chat default (T=0.7, top-p 0.95) and at T=1."""
 
     max_new_tokens: int = Field(48, gt=0)
     """Longest reply generated for evaluation."""
     batch_size: int = Field(64, gt=0)
     """Prompts per generate call."""
-    temperature: float = Field(1.0, gt=0)
-    """Sampling temperature of the sampled evaluation (gold score of the policy as it samples)."""
     seed: int = 1234
-    """Seed of the sampled evaluation: SFT and PPO are scored on the same prompts with the same seed."""
+    """Seed of the sampled decodings: every checkpoint is answered on the same prompts with the same seed."""
     report_samples: int = Field(4, ge=0)
     """Prompts whose answers from every checkpoint appear side by side in report.md."""
 
@@ -173,7 +172,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 RENAMED = {
-    ("stages", "ppo", "dpo_beta"): "stages.ppo.beta (with stages.ppo.algorithm: dpo)",
+    ("stages", "ppo", "dpo_beta"): "renamed; use stages.ppo.beta (with stages.ppo.algorithm: dpo)",
+    ("eval", "temperature"): "removed; the evaluation decodes greedy, at the chat default (T=0.7, top-p 0.95) and at T=1",
 }
 """Keys an earlier chatsmith accepted -> what to write now (see CHANGELOG.md)."""
 
@@ -216,7 +216,7 @@ def _user_loc(loc: tuple) -> tuple[tuple, Any]:
 def _unknown_key_message(path: tuple, parent: Any) -> str:
     key = ".".join(map(str, path))
     if path in RENAMED:
-        return f"{key}: renamed; use {RENAMED[path]}"
+        return f"{key}: {RENAMED[path]}"
     known = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
     close = difflib.get_close_matches(str(path[-1]), known, n=1)
     return f"{key}: unknown key" + (f"; did you mean {'.'.join(map(str, (*path[:-1], close[0])))}?" if close else "")

@@ -14,17 +14,19 @@ from stages.config import STAGE_ORDER
 # The figures that say what each stage achieved (issue-defined keys first).
 HEADLINE = {
     "pretrain": ["eval_loss", "bits_per_byte"],
-    "sft": ["end_of_turn_rate", "fact_accuracy_seen", "fact_accuracy_pretrain_only", "gold_score", "gold_score_greedy"],
+    "sft": ["gold_score_greedy", "gold_score_chat", "gold_score_t1", "fact_accuracy_seen", "fact_accuracy_pretrain_only",
+            "end_of_turn_rate_greedy"],
     "reward": ["pairwise_accuracy", "train_pairwise_accuracy"],
-    "ppo": ["gold_score", "gold_score_sft", "gold_score_greedy", "gold_score_greedy_sft", "end_of_turn_rate",
-            "kl_to_sft", "fact_accuracy_seen", "fact_accuracy_pretrain_only"],
+    "ppo": ["gold_score_greedy", "gold_score_greedy_sft", "gold_minus_sft_greedy", "gold_score_chat", "gold_score_chat_sft",
+            "gold_minus_sft_chat", "gold_score_t1", "gold_score_t1_sft", "reward_score_greedy", "reward_minus_sft_greedy",
+            "kl_to_sft", "fact_accuracy_seen", "fact_accuracy_pretrain_only", "end_of_turn_rate_greedy"],
 }
 CURVES = {
     "pretrain": [("loss", "train loss")],
     "sft": [("loss", "train loss"), ("mean_token_accuracy", "token accuracy")],
     "reward": [("loss", "train loss"), ("accuracy", "pairwise accuracy (train batches)")],
     "ppo": [("reward_raw", "reward (raw, training rollouts)"), ("kl", "KL to reference"),
-            ("eval_reward_score", "held-out reward-model score"), ("eval_gold_score", "held-out gold score")],
+            ("eval_reward_score", "dev prompts: reward-model score (greedy)"), ("eval_gold_score", "dev prompts: gold score (greedy)")],
 }
 
 
@@ -32,6 +34,10 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return "—" if value is None else str(value)
+
+
+def _ci(interval) -> str:
+    return f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
 
 
 def stage_table(run_dir: Path) -> str:
@@ -43,7 +49,7 @@ def stage_table(run_dir: Path) -> str:
         if not eval_path.exists():
             continue
         metrics = json.loads(eval_path.read_text())
-        figures = ", ".join(f"{k}={_fmt(metrics[k])}" for k in HEADLINE[name] if k in metrics)
+        figures = ", ".join(f"{k}={_fmt(metrics[k])}{_ci(metrics.get(k + '_ci95'))}" for k in HEADLINE[name] if k in metrics)
         seconds = stages.get(name, {}).get("seconds")
         rows.append(f"| {name} | {figures} | {'—' if seconds is None else f'{seconds:.0f}'} |")
     return "| stage | figures | seconds |\n|---|---|---|\n" + "\n".join(rows)
@@ -83,7 +89,7 @@ def _samples(run_dir: Path, count: int) -> str:
     for name in ("sft", "ppo"):
         path = run_dir / name / "eval_answers.jsonl"
         if path.exists():
-            answers[name] = {a["id"]: a for a in read_jsonl(path)}
+            answers[name] = {a["id"]: a for a in read_jsonl(path) if a.get("split", "test") == "test"}
     if "sft" not in answers or count == 0:
         return ""
     ids = list(answers["sft"])[:count]
@@ -94,14 +100,16 @@ def _samples(run_dir: Path, count: int) -> str:
 
         base = base_continuations(run_dir / "pretrain", prompts, max_new_tokens=32)
     lines = ["## Answers side by side", "",
-             "Greedy answers to held-out prompts. The base model has not learned the chat format; it continues the text.", ""]
+             "Greedy answers to held-out test prompts (and one sample at the chat default, T=0.7 top-p 0.95). "
+             "The base model has not learned the chat format; it continues the text.", ""]
     for n, (i, prompt) in enumerate(zip(ids, prompts)):
         lines += [f"**{prompt}**", ""]
         if base:
             lines.append(f"- base: {base[n]!r}")
         for name in ("sft", "ppo"):
             if name in answers and i in answers[name]:
-                lines.append(f"- {name}: {answers[name][i]['greedy']!r} (sampled: {answers[name][i]['sampled']!r})")
+                chat = answers[name][i].get("replies", {}).get("chat", [{}])[0].get("reply")
+                lines.append(f"- {name}: {answers[name][i]['greedy']!r} (chat sample: {chat!r})")
         lines.append("")
     return "\n".join(lines)
 

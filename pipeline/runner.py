@@ -5,9 +5,9 @@
 For each stage of `pipeline.registry.STAGES` it resolves the inputs, skips the stage when the manifest
 says it is done with the same config and the same input hashes, otherwise runs it (a stage cut short
 resumes from its `resume/`), and records status, inputs with sha256, output, metrics and time in
-`manifest.json`. Data come from `pipeline.data`; a demo run (`data.source: demo`) adds the demo
-world's labelers before the reward stage and its behaviour evaluation after SFT and PPO
-(`pipeline.demo`).
+`manifest.json`. Data come from `pipeline.data`; every chat checkpoint (SFT, PPO) is evaluated on the
+held-out test prompts by `pipeline.evaluation`; a demo run (`data.source: demo`) adds the demo world's
+labelers before the reward stage and its gold judge to the evaluation (`pipeline.demo`).
 """
 
 from __future__ import annotations
@@ -100,8 +100,10 @@ class Run:
         try:
             # `launcher` (set by pipeline.launch) runs the stage function as a launched process group.
             metrics = self.launcher(name) if self.launcher else self.train(name, cfg, inputs, out)
-            if self.demo:
-                metrics = self.demo.after_stage(name, metrics, inputs, out)
+            if STAGES[name].chat:
+                from pipeline.evaluation import evaluate_stage
+
+                metrics = {**metrics, **evaluate_stage(self, name, out, reference=inputs.get("policy"))}
         except BaseException as error:  # a crash is recorded (manifest + log), then re-raised as StageFailed
             raise self._failed(name, error) from error
         write_json_atomic(out / "eval.json", metrics)

@@ -70,11 +70,12 @@ def test_alternative_writes_the_ppo_run_directory(algorithm, tiny_assets, data, 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "metrics.jsonl", "eval.json", "chatsmith.json"):
         assert (out / name).exists(), name
     assert not (out / "resume").exists()
-    expected = {"gold_score", "gold_score_sft", "end_of_turn_rate", "kl_to_sft", "reward_score", "reward_score_sft", "num_eval_prompts"}
+    expected = {f"monitor_{k}" for k in ("gold_score", "gold_score_sft", "end_of_turn_rate", "kl_to_sft", "reward_score",
+                                         "reward_score_sft", "num_eval_prompts")}
     assert expected <= set(result), expected - set(result)
     assert json.loads((out / "eval.json").read_text()) == result
-    assert result["num_eval_prompts"] == 4 and result["algorithm"] == algorithm
-    assert result["kl_to_sft"] > 0  # the policy moved away from SFT
+    assert result["monitor_num_eval_prompts"] == 4 and result["algorithm"] == algorithm
+    assert result["monitor_kl_to_sft"] > 0  # the policy moved away from SFT
     meta = json.loads((out / "chatsmith.json").read_text())
     assert meta["stage"] == "ppo" and meta["algorithm"] == algorithm and meta["parents"] == {"policy": "x"}
 
@@ -91,8 +92,8 @@ def test_dpo_needs_no_reward_model(tiny_assets, data, tmp_path):
     config = _config("dpo", max_steps=1, batch_size=4, max_new_tokens=8, num_eval_prompts=4, learning_rate=1e-3)
     result = _run(config, policy=tiny_assets["policy"], reward_model=None, prompts=data / "prompts.jsonl",
                   eval_prompts=data / "eval.jsonl", output_dir=tmp_path / "dpo", comparisons=data / "comparisons.jsonl")
-    assert {"end_of_turn_rate", "kl_to_sft", "num_eval_prompts"} <= set(result)
-    assert not any(k.startswith(("reward_score", "gold_score")) for k in result)
+    assert {"monitor_end_of_turn_rate", "monitor_kl_to_sft", "monitor_num_eval_prompts"} <= set(result)
+    assert not any(k.startswith(("monitor_reward_score", "monitor_gold_score")) for k in result)
     with pytest.raises(ValueError, match="comparisons"):
         _run(config, policy=tiny_assets["policy"], reward_model=None, prompts=data / "prompts.jsonl", output_dir=tmp_path / "x")
     with pytest.raises(ValueError, match="reward model"):
@@ -137,7 +138,7 @@ def test_alternative_with_lora_writes_a_merged_checkpoint(algorithm, tiny_assets
     out = tmp_path / algorithm
     result = _run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=data / "prompts.jsonl",
                   eval_prompts=data / "eval.jsonl", output_dir=out, comparisons=data / "comparisons.jsonl")
-    assert result["kl_to_sft"] > 0
+    assert result["monitor_kl_to_sft"] > 0
     before, after = _tensors(tiny_assets["policy"] / "model.safetensors"), _tensors(out / "model.safetensors")
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -22,9 +22,12 @@ def run_dir(tmp_path_factory):
 def test_every_stage_writes_its_contract(run_dir):
     for name, keys in {
         "pretrain": ["eval_loss", "bits_per_byte"],
-        "sft": ["end_of_turn_rate", "fact_accuracy_seen", "fact_accuracy_pretrain_only", "gold_score"],
+        "sft": ["end_of_turn_rate_greedy", "fact_accuracy_seen", "fact_accuracy_pretrain_only", "gold_score_greedy",
+                "gold_score_chat", "gold_score_t1", "gold_score_greedy_ci95"],
         "reward": ["pairwise_accuracy"],
-        "ppo": ["gold_score", "end_of_turn_rate", "kl_to_sft", "gold_score_sft"],
+        "ppo": ["gold_score_greedy", "gold_score_chat", "gold_score_t1", "end_of_turn_rate_greedy", "kl_to_sft",
+                "gold_score_greedy_sft", "gold_score_chat_sft", "gold_minus_sft_greedy_ci95", "gold_minus_sft_chat_ci95",
+                "reward_score_greedy", "monitor_kl_to_sft"],
     }.items():
         stage = run_dir / name
         for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "eval.json", "chatsmith.json"]:
@@ -35,7 +38,10 @@ def test_every_stage_writes_its_contract(run_dir):
         assert all(metrics.get(k) is not None for k in keys), (name, metrics)
         rows = [json.loads(l) for l in (stage / "metrics.jsonl").read_text().splitlines()]
         assert rows and all("step" in r and "time_s" in r for r in rows)
-    assert json.loads((run_dir / "sft" / "eval.json").read_text())["eval_prompts"] >= 96
+    sft = json.loads((run_dir / "sft" / "eval.json").read_text())
+    assert sft["eval_prompts_test"] >= 48
+    low, high = sft["gold_score_greedy_ci95"]
+    assert low <= sft["gold_score_greedy"] <= high
 
 
 def test_manifest_records_lineage(run_dir):

@@ -52,7 +52,7 @@ def test_lora_ppo_writes_a_merged_checkpoint(tiny_assets, tmp_path):
     out = tmp_path / "ppo"
     result = ppo.run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=tmp_path / "prompts.jsonl",
                      eval_prompts=tmp_path / "eval.jsonl", output_dir=out)
-    assert result["kl_to_sft"] > 0 and json.loads((out / "eval.json").read_text()) == result
+    assert result["monitor_kl_to_sft"] > 0 and json.loads((out / "eval.json").read_text()) == result
     before, after = load_file(str(tiny_assets["policy"] / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert before.keys() == after.keys()  # merged: no adapter keys
     changed = {k for k in before if not torch.equal(before[k], after[k])}

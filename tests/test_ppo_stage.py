@@ -212,10 +212,11 @@ def test_stage_writes_checkpoint_metrics_and_eval(heron_world, tmp_path):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "metrics.jsonl", "eval.json", "chatsmith.json"):
         assert (out / name).exists(), name
     assert not (out / "resume").exists()  # removed at the end without keep_resume
-    expected = {"gold_score", "gold_score_sft", "end_of_turn_rate", "kl_to_sft", "reward_score", "reward_score_sft", "num_eval_prompts"}
+    expected = {f"monitor_{k}" for k in ("gold_score", "gold_score_sft", "end_of_turn_rate", "kl_to_sft", "reward_score",
+                                         "reward_score_sft", "num_eval_prompts")}
     assert expected <= set(result)
     assert json.loads((out / "eval.json").read_text()) == result
-    assert result["num_eval_prompts"] == 12
+    assert result["monitor_num_eval_prompts"] == 12
     meta = json.loads((out / "chatsmith.json").read_text())
     assert meta["stage"] == "ppo" and meta["parents"] == {"policy": "x"} and meta["config"]["value_init"] == "zero"
 
@@ -253,10 +254,10 @@ def test_known_reward_rises_with_kl_bounded(heron_world, tmp_path):
     assert max(r["kl"] for r in rows) < 8.0
     assert rows[0]["end_of_turn_rate"] > 0.9  # the taught policy does stop ...
     assert mean(last, "end_of_turn_rate") >= 0.9  # ... and keeps stopping
-    assert result["reward_score"] > result["reward_score_sft"] + 0.5
-    assert result["gold_score_sft"] == 0.0 and result["gold_score"] == 1.0  # greedy: lynx before, heron after
-    assert result["end_of_turn_rate"] >= 0.9
-    assert 0 < result["kl_to_sft"] < 8.0
+    assert result["monitor_reward_score"] > result["monitor_reward_score_sft"] + 0.5
+    assert result["monitor_gold_score_sft"] == 0.0 and result["monitor_gold_score"] == 1.0  # greedy: lynx before, heron after
+    assert result["monitor_end_of_turn_rate"] >= 0.9
+    assert 0 < result["monitor_kl_to_sft"] < 8.0
 
 
 def test_non_finite_reward_stops_and_keeps_last_good(heron_world, tmp_path, monkeypatch):

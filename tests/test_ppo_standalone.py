@@ -17,7 +17,7 @@ def test_standalone_ppo_needs_nothing_else_from_the_run_dir(tiny_assets, tmp_pat
               "stages.ppo.ppo_epochs=2", "stages.ppo.num_minibatches=2", "stages.ppo.max_steps=2",
               "stages.ppo.eval_steps=1", "stages.ppo.num_eval_prompts=4", "stages.ppo.batch_size=4")
     evals = json.loads((out / "ppo" / "eval.json").read_text())
-    assert {"kl_to_sft", "end_of_turn_rate", "reward_score"} <= set(evals)
+    assert {"monitor_kl_to_sft", "monitor_end_of_turn_rate", "monitor_reward_score"} <= set(evals)  # no eval prompts: the monitor only
     assert not (out / "tokenizer").exists() and not (out / "data" / "pretrain.jsonl").exists()
     manifest = json.loads((out / "manifest.json").read_text())["stages"]["ppo"]
     assert manifest["status"] == "done"
@@ -49,7 +49,7 @@ def test_standalone_ppo_on_a_policy_without_chat_template_completes_with_its_eva
               f"stages.ppo.reward_model={tiny_assets['reward']}", "stages.ppo.max_steps=2", "stages.ppo.rollout_batch_size=4",
               "stages.ppo.max_new_tokens=8", "stages.ppo.eval_steps=1", "stages.ppo.num_eval_prompts=4")
     evals = json.loads((out / "ppo" / "eval.json").read_text())
-    assert {"kl_to_sft", "monitor_end_of_turn_rate", "gold_score", "end_of_turn_rate"} <= set(evals)
+    assert {"kl_to_sft", "monitor_end_of_turn_rate", "gold_score_greedy", "gold_minus_sft_greedy", "end_of_turn_rate_greedy"} <= set(evals)
     assert json.loads((out / "manifest.json").read_text())["stages"]["ppo"]["status"] == "done"
     answers = [json.loads(l) for l in (out / "ppo" / "eval_answers.jsonl").read_text().splitlines()]
     assert answers and all(isinstance(a["greedy"], str) for a in answers)

@@ -81,7 +81,7 @@ def test_end_of_turn_is_recorded_apart_from_the_document_eos(family_run):
         assert AutoTokenizer.from_pretrained(out / stage).eos_token == end_of_turn, stage
     assert json.loads((out / "ppo" / "chatsmith.json").read_text())["chat_format"] == recorded
     for stage in ("sft", "ppo"):  # the run's behaviour evaluation went through the native format
-        assert json.loads((out / stage / "eval.json").read_text())["gold_score"] is not None
+        assert json.loads((out / stage / "eval.json").read_text())["gold_score_greedy"] is not None
 
 
 class ForceTokenAt:

@@ -5,8 +5,9 @@ package. `pipeline.demo.config` (the `data.world` settings) is the one module th
 
     Demo(run).write_data(paths)          pretraining text, SFT conversations, prompts, held-out prompts
     Demo(run).before_stage("reward")     comparisons from the SFT checkpoint via simulated labelers
-    Demo(run).gold_scorer(stage_config)  the gold judge (for the demo's own held-out prompts only)
-    Demo(run).after_stage(name, ...)     behaviour figures of the SFT / PPO checkpoint
+    Demo(run).gold_scorer(stage_config)  the gold judge as PPO's monitor takes it (the demo's own held-out prompts only)
+    Demo(run).gold_judge()               the gold judge as the run's evaluation takes it (`pipeline.evaluation`)
+    Demo(run).stage_figures(...)         fact accuracy on towns seen in SFT and on pretrain-only towns
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pipeline.demo.world import World
 from stages.checkpoint import sha256_path
-from stages.common import read_jsonl, write_json_atomic, write_jsonl
+from stages.common import write_json_atomic, write_jsonl
 
 
 def gold_scorer_for_run(run_dir: str | Path):
@@ -77,32 +78,26 @@ class Demo:
         # The judge knows the demo world's held-out prompts, not a user's own.
         return self.world.gold_scorer() if not getattr(stage_config, "eval_prompts", None) else None
 
-    def after_stage(self, name: str, metrics: dict, inputs: dict[str, Path], out: Path) -> dict:
-        """The run-wide behaviour figures merged into a chat stage's metrics."""
-        if name == "sft":
-            return {**metrics, **self.behaviour(out)}
-        if name != "ppo":
-            return metrics
-        # The stage's own held-out figures (greedy, monitor prompts) stay under monitor_*; the run-wide
-        # behaviour evaluation (same prompts and seed as SFT's) gives the headline keys.
-        behaviour = self.behaviour(out)
-        renamed = set(behaviour) | {"gold_score_sft", "end_of_turn_rate_sft"}
-        metrics = {**{(f"monitor_{k}" if k in renamed else k): v for k, v in metrics.items()}, **behaviour}
-        sft_eval = self.run.stage_dir("sft") / "eval.json"
-        if sft_eval.exists() and Path(inputs["policy"]) == self.run.stage_dir("sft"):
-            sft_metrics = json.loads(sft_eval.read_text())
-            metrics["gold_score_sft"] = sft_metrics.get("gold_score")
-            metrics["gold_score_greedy_sft"] = sft_metrics.get("gold_score_greedy")
-        return metrics
+    def gold_judge(self):
+        """The gold judge as an evaluation judge: (rows, replies) -> per-criterion verdicts with `score`."""
+        world = self.world
+        return lambda rows, replies: [world.judge(row, reply) for row, reply in zip(rows, replies)]
 
-    def behaviour(self, checkpoint: Path) -> dict:
-        from pipeline.demo.behaviour import behaviour
+    def stage_figures(self, records: list[dict], rows: list[dict]) -> dict:
+        """Fact accuracy of greedy answers (gold's `truthful`), on towns in the SFT data and on towns whose facts
+        only pretraining saw, with 95% CIs over facts."""
+        from pipeline.bootstrap import mean_ci
+        from pipeline.evaluation import cluster_of
 
-        rows_path = self.run.data_path("eval_prompts.jsonl")
-        if not rows_path.exists():
-            return {}
-        ev = self.run.recipe.eval
-        metrics, answers = behaviour(checkpoint, read_jsonl(rows_path), self.world, max_new_tokens=ev.max_new_tokens,
-                                     batch_size=ev.batch_size, temperature=ev.temperature, seed=ev.seed)
-        write_jsonl(checkpoint / "eval_answers.jsonl", answers)
-        return metrics
+        figures = {}
+        for label, wanted in (("seen", True), ("pretrain_only", False)):
+            chosen = [(float(r["greedy"][0]["verdicts"]["gold"]["truthful"] == 1.0), cluster_of(row, i))
+                      for i, (r, row) in enumerate(zip(records, rows)) if bool(row.get("seen")) == wanted]
+            if not chosen:
+                continue
+            values, clusters = [v for v, _ in chosen], [c for _, c in chosen]
+            mean, low, high = mean_ci(values, clusters=clusters, seed=self.run.recipe.eval.seed)
+            figures[f"fact_accuracy_{label}"] = mean
+            figures[f"fact_accuracy_{label}_ci95"] = [low, high]
+            figures[f"eval_prompts_{label}"] = len(values)
+        return figures

@@ -101,7 +101,9 @@ class HeldOutEval:
 
 
 def eval_report(final: dict, sft: dict, *, gold: bool, reward: bool) -> dict:
-    """eval.json's shared keys from `HeldOutEval` results of the trained policy (with KL) and of SFT."""
+    """eval.json's `monitor_*` keys from `HeldOutEval` results of the trained policy (with KL) and of SFT on the
+    monitor's (dev) prompts, greedy. The run's headline figures come from its own evaluation on the test
+    prompts (`pipeline.evaluation`)."""
     result = {
         **summary(final),
         "kl_to_sft": mean(final["kl"]),
@@ -109,7 +111,7 @@ def eval_report(final: dict, sft: dict, *, gold: bool, reward: bool) -> dict:
         "num_eval_prompts": len(final["reward"]),
     }
     dropped = ("gold_score",) * (not gold) + ("reward_score",) * (not reward)
-    return {k: v for k, v in result.items() if not k.startswith(dropped)}
+    return {f"monitor_{k}": v for k, v in result.items() if not k.startswith(dropped)}
 
 
 def mean(values: list) -> float | None:
@@ -128,11 +130,12 @@ def summary(results: dict, count: int | None = None) -> dict:
 
 
 def prompt_rows(config: RLCommon, prompts: str | Path, eval_prompts: str | Path | None) -> tuple[list[dict], list[dict]]:
-    """Training and held-out prompt records; without eval prompts, the last training prompts are held out."""
+    """Training and held-out prompt records for the monitor; held-out rows with a `split` are the `dev` ones only
+    (`test` rows are for the run's headline figures); without eval prompts, the last training prompts are held out."""
     train_rows = read_jsonl(prompts)
     eval_source = eval_prompts if eval_prompts is not None else config.eval_prompts
     if eval_source is not None:
-        eval_rows = read_jsonl(eval_source)
+        eval_rows = [r for r in read_jsonl(eval_source) if r.get("split", "dev") == "dev"]
     else:
         held_out = max(1, min(MIN_FINAL_EVAL_PROMPTS, len(train_rows) // 5))
         log.warning("no eval prompts given: holding out the last %d training prompts for evaluation", held_out)

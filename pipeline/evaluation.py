@@ -1,0 +1,156 @@
+"""The run's evaluation of its chat checkpoints (SFT, PPO / GRPO / RLOO / DPO), demo or real, with 95% CIs.
+
+Held-out prompts (`DIR/data/eval_prompts.jsonl`) carry a `split`: `dev` rows feed PPO's monitor,
+best-checkpoint selection and the rewrite loop; `test` rows give the headline figures only (rows without
+a split count as test). Per checkpoint:
+- test prompts, answered greedy, at the chat default (T=0.7, top-p 0.95, 2 samples) and at T=1
+  (`stages.evaluation.DECODINGS`), judged by every judge the run has: the reward model of the run (or of
+  `stages.ppo.reward_model`) as `reward`, and on the demo the world's gold judge as `gold`;
+- dev prompts, greedy, with the reward model's score (what `chatsmith labels tasks --from-eval` ranks);
+- an RL checkpoint also gets `kl_to_sft` along its own T=1 samples of the same test prompts, and every
+  judge's score as a paired difference to SFT's (`<judge>_minus_sft_<decoding>`, with its CI).
+CIs are bootstrap percentiles that resample clusters (`cluster` of a row: the demo's (town, attribute)
+fact; otherwise the prompt), per `pipeline.bootstrap`.
+
+Writes `DIR/<stage>/eval_answers.jsonl` (one line per prompt: id, split, prompt, replies, verdicts,
+`greedy` and `reward` for the rewrite loop) and returns the figures merged into `eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.bootstrap import mean_ci, paired_difference_ci
+from stages.common import read_jsonl, write_jsonl
+from stages.evaluation import DECODINGS, RewardModelJudge, answer, judge_answers, kl_to_reference, means, per_prompt
+
+CHAT_STAGES = ("sft", "ppo")
+HEADLINE_DECODINGS = ("greedy", "chat")
+"""Decodings whose paired difference to SFT gets a CI of its own in eval.json."""
+
+
+def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(dev, test) held-out rows; rows without a `split` are test rows."""
+    return [r for r in rows if r.get("split") == "dev"], [r for r in rows if r.get("split", "test") != "dev"]
+
+
+def cluster_of(row: dict, index: int):
+    """What the bootstrap resamples: the same fact asked twice is one draw."""
+    if "town" in row and "attribute" in row:
+        return f"{row['town']}/{row['attribute']}"
+    return row.get("id", index)
+
+
+def evaluate_stage(run, name: str, checkpoint: Path, *, reference: Path | None = None) -> dict:
+    """Figures (with CIs) of a chat checkpoint of the run; writes its eval_answers.jsonl. `reference`: the
+    policy an RL stage started from (the run's SFT checkpoint, or `stages.ppo.policy`)."""
+    from pipeline.evaluate import load_chat_checkpoint
+    from stages.chat_format import stop_token_ids
+
+    rows_path = run.data_path("eval_prompts.jsonl")
+    if not rows_path.exists():
+        return {}
+    dev, test = split_rows(read_jsonl(rows_path))
+    settings = run.recipe.eval
+    model, tokenizer, chat_format = load_chat_checkpoint(checkpoint)
+    stop_ids = stop_token_ids(chat_format)
+    common = dict(stop_ids=stop_ids, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, seed=settings.seed)
+    judges = run_judges(run)
+    records = answer(model, tokenizer, test, **common)
+    judge_answers(records, test, judges)
+    figures = {**means(records), "eval_prompts_test": len(test), "eval_prompts_dev": len(dev)}
+    clusters = [cluster_of(r, i) for i, r in enumerate(test)]
+    for key, values in score_lists(records).items():
+        figures[f"{key}_ci95"] = list(mean_ci(values, clusters=clusters, seed=settings.seed)[1:])
+    if reference is not None:
+        figures.update(against_sft(run, Path(reference), model, tokenizer, records, test, clusters, common))
+    dev_records = answer(model, tokenizer, dev, decodings=("greedy",), **common) if dev else []
+    if dev_records and "reward" in judges:
+        judge_answers(dev_records, dev, {"reward": judges["reward"]})
+    if run.demo:
+        figures.update(run.demo.stage_figures(records, test))
+    write_jsonl(checkpoint / "eval_answers.jsonl", [answer_line(r, row, "test") for r, row in zip(records, test)]
+                + [answer_line(r, row, "dev") for r, row in zip(dev_records, dev)])
+    return figures
+
+
+def run_judges(run) -> dict:
+    judges = {}
+    reward_dir = reward_model_dir(run)
+    if reward_dir is not None:
+        judges["reward"] = RewardModelJudge(reward_dir, batch_size=run.recipe.eval.batch_size)
+    if run.demo:
+        judges["gold"] = run.demo.gold_judge()
+    return judges
+
+
+def reward_model_dir(run) -> Path | None:
+    """The run's reward model once it exists (so SFT, evaluated before it is trained, has no reward score)."""
+    stages = run.recipe.stages
+    explicit = getattr(stages.ppo, "reward_model", None) if stages.ppo else None
+    candidate = Path(explicit) if explicit else run.stage_dir("reward")
+    return candidate if (candidate / "config.json").exists() else None
+
+
+def score_lists(records: list[dict]) -> dict[str, list[float]]:
+    """`<judge>_score_<decoding>` -> one value per prompt."""
+    if not records:
+        return {}
+    out = {}
+    for decoding in (k for k in records[0] if k in DECODINGS):
+        for judge in records[0][decoding][0].get("verdicts", {}):
+            out[f"{judge}_score_{decoding}"] = per_prompt(records, decoding, judge)
+    return out
+
+
+def against_sft(run, sft_dir: Path, model, tokenizer, records, test, clusters, common) -> dict:
+    """KL to the SFT policy on the same test prompts, SFT's figures by the judges the run has now, and paired
+    differences (the same prompts, seeds and decodings)."""
+    from pipeline.evaluate import load_chat_checkpoint
+
+    reference, reference_tokenizer, _ = load_chat_checkpoint(sft_dir)
+    kl = kl_to_reference(model, reference, tokenizer, test, stop_ids=common["stop_ids"],
+                         max_new_tokens=common["max_new_tokens"], batch_size=common["batch_size"], seed=common["seed"] + 17)
+    figures = {"kl_to_sft": sum(kl) / len(kl), "kl_to_sft_ci95": list(mean_ci(kl, clusters=clusters)[1:])}
+    sft_records = sft_test_records(sft_dir, len(test))
+    if sft_records is None:  # a policy from outside the run: answer with it now
+        sft_records = answer(reference, reference_tokenizer, test, **common)
+    judge_answers(sft_records, test, run_judges(run))
+    ours, theirs = score_lists(records), score_lists(sft_records)
+    for key in ours.keys() & theirs.keys():
+        figures[f"{key}_sft"] = sum(theirs[key]) / len(theirs[key])
+        judge, _, decoding = key.partition("_score_")
+        diff, low, high = paired_difference_ci(ours[key], theirs[key], clusters=clusters)
+        figures[f"{judge}_minus_sft_{decoding}"] = diff
+        figures[f"{judge}_minus_sft_{decoding}_ci95"] = [low, high]
+    return figures
+
+
+def sft_test_records(sft_dir: Path, count: int) -> list[dict] | None:
+    """SFT's test answers as records (replies only: verdicts are recomputed)."""
+    path = sft_dir / "eval_answers.jsonl"
+    if not path.exists():
+        return None
+    lines = [line for line in read_jsonl(path) if line.get("split") == "test"]
+    if len(lines) != count:
+        return None
+    return [{"id": line["id"], **{d: [{k: v for k, v in s.items() if k != "verdicts"} for s in line["replies"][d]]
+                                  for d in line["replies"]}} for line in lines]
+
+
+def answer_line(record: dict, row: dict, split: str) -> dict:
+    """One line of eval_answers.jsonl."""
+    replies = {d: record[d] for d in record if d in DECODINGS}
+    greedy = replies["greedy"][0]
+    line = {"id": record["id"], "split": split, "prompt": record["prompt"], "greedy": greedy["reply"], "replies": replies}
+    if "reward" in greedy.get("verdicts", {}):
+        line["reward"] = greedy["verdicts"]["reward"]["score"]
+    for key in ("town", "attribute", "seen"):
+        if key in row:
+            line[key] = row[key]
+    return line
+
+
+def dump(figures: dict) -> str:
+    return json.dumps(figures, indent=2)
