@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage of a recipe in order")
     run.add_argument("recipe")
     run.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    run.add_argument("--seeds", default=None, metavar="0,1,2",
+                     help="run once per seed into OUT/seed-N, then write OUT/seeds.json and OUT/seeds.md (mean, spread, CIs)")
     run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.ppo.kl_coef=0.05")
 
     stage = sub.add_parser("stage", help="run one stage of a recipe")
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"chatsmith: error: {error}", file=sys.stderr)
         return 2
+    if getattr(args, "seeds", None):
+        return _run_seeds(args, recipe)
     if args.command == "plan":
         from pipeline.plan import main as plan_main
 
@@ -100,6 +104,30 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.launch import run_command
 
     return run_command(args, recipe, _out_dir(args, recipe))
+
+
+def _run_seeds(args, recipe) -> int:
+    """`chatsmith run RECIPE --seeds 0,1,2`: each seed a whole run in OUT/seed-N, then the table over seeds."""
+    from pathlib import Path
+
+    from pipeline.launch import run_command
+    from pipeline.recipe import load_recipe
+    from pipeline.seeds import parse_seeds, seed_dir, summarise
+
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        print(f"chatsmith: error: {error}", file=sys.stderr)
+        return 2
+    out = Path(_out_dir(args, recipe))
+    for seed in seeds:
+        print(f"=== seed {seed}: {seed_dir(out, seed)}", flush=True)
+        code = run_command(args, load_recipe(args.recipe, [*args.overrides, f"seed={seed}"]), str(seed_dir(out, seed)))
+        if code != 0:
+            return code
+    summarise(out, seeds)
+    print(f"\n{(out / 'seeds.md').read_text()}\nseeds: {out / 'seeds.json'}")
+    return 0
 
 
 if __name__ == "__main__":

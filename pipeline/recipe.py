@@ -259,9 +259,36 @@ def _error_line(item: dict) -> str:
     return f"{key}: {item['msg']} (got {item.get('input')!r})"
 
 
+EVAL_SEED_OFFSET = 1234
+"""`eval.seed` defaults to the recipe's seed plus this (1234 for seed 0, as before)."""
+
+
+def seed_everything(data: dict) -> dict:
+    """The recipe's top-level `seed` drives everything — the demo world, every stage, the evaluation's
+    sampling — unless a section sets its own: one `seed=N` (or `--seeds`) changes the whole run."""
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int):
+        return data  # validation reports it
+    from stages.config import STAGE_ORDER
+
+    stages = data.setdefault("stages", {}) if isinstance(data.get("stages", {}), dict) else {}
+    for name in STAGE_ORDER:
+        if name not in stages:
+            stages[name] = {}  # the stage's defaults, with the recipe's seed
+        if isinstance(stages[name], dict):
+            stages[name].setdefault("seed", seed)
+    for path, value in ((("data", "world"), seed), (("eval",), seed + EVAL_SEED_OFFSET)):
+        node = data
+        for part in path:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault("seed", value)
+    return data
+
+
 def validate(data: dict, *, source: str = "recipe") -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(seed_everything(data))
     except ValidationError as error:
         items, foreign = _other_algorithm_keys(error.errors())
         lines = list(dict.fromkeys([*([foreign] if foreign else []), *(_error_line(item) for item in items)]))

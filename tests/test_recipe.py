@@ -94,3 +94,11 @@ def test_each_rl_algorithm_has_its_own_config_type():
     assert "beta" in DPOConfig.model_fields and "beta" not in PPOConfig.model_fields
     assert "num_generations" not in PPOConfig.model_fields and "value_init" not in GRPOConfig.model_fields
     assert type(load_recipe(REPO / "recipes" / "tiny-cpu.yaml").stages.ppo) is PPOConfig  # no algorithm key: PPO
+
+
+def test_the_recipe_seed_drives_world_stages_and_evaluation_unless_set():
+    recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", ["seed=2", "stages.sft.seed=9"])
+    assert (recipe.data.world.seed, recipe.stages.pretrain.seed, recipe.stages.reward.seed, recipe.stages.ppo.seed) == (2, 2, 2, 2)
+    assert recipe.stages.sft.seed == 9 and recipe.eval.seed == 2 + 1234
+    default = load_recipe(REPO / "recipes" / "tiny-cpu.yaml")
+    assert (default.data.world.seed, default.stages.ppo.seed, default.eval.seed) == (0, 0, 1234)  # seed 0: as before
