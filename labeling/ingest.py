@@ -118,6 +118,27 @@ def _accepts_any(fmt: str, path: Path) -> bool:
     return False
 
 
+def sniff(fmt: str, path: str | os.PathLike) -> str | None:
+    """Preflight: None when reader `fmt` accepts a record among the first units of `path`; otherwise one
+    line saying why not (missing, empty, LFS pointer, binary, or the format it looks like). Writes nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path}: no such file"
+    if path.stat().st_size == 0:
+        return f"{path} is empty: no records to ingest"
+    if _accepts_any(fmt, path):
+        return None
+    head = _head(path)
+    if head.removeprefix(UTF8_BOM).startswith(LFS_MAGIC):
+        return f"{path} is a Git LFS pointer, not the data: run `git lfs pull` (or download the file itself)"
+    what = _not_text(head)
+    if what:
+        return f"{path} is {what.partition(': ')[0]}, not {_a(fmt)} export"
+    other = next((o for o in FORMATS if o != fmt and _accepts_any(o, path)), None)
+    hint = f"; looks like {_a(other)} export; use format {other}" if other else ""
+    return f"{path}: no record among the first {SNIFF_UNITS} is a usable {fmt} record{hint}"
+
+
 def _head(path: Path, size: int = 8192) -> bytes:
     import gzip
 

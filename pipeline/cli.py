@@ -2,9 +2,11 @@
 
     chatsmith run RECIPE [--out DIR] [key=value ...]          all stages in order (skips done ones, resumes a cut one)
     chatsmith stage NAME RECIPE [--out DIR] [key=value ...]   one stage: pretrain | sft | reward | ppo
+    chatsmith check RECIPE [key=value ...]                    preflight: every problem at once, nothing written
     chatsmith plan RECIPE [--gpu A100-80GB --mfu 0.4] [key=value ...]   cost per stage before a cluster job
     chatsmith labels {ingest,stats,build,tasks} ...           the human-data side (see labeling/README.md)
     chatsmith chat CHECKPOINT [--temperature ...]             interactive, streaming, multi-turn
+    chatsmith data tokenize RECIPE | ls | clean KEY...          token shards of the pretraining text (a cache reused by runs)
     chatsmith arena CHECKPOINT... --judge reward:DIR|gold|human  pairwise battles -> Bradley-Terry ratings with CIs
 
 Heavy imports (torch, transformers) happen inside the commands, so `--help` answers at once.
@@ -35,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--force", action="store_true", help="run even if the manifest says the stage is done")
     stage.add_argument("overrides", nargs="*")
 
+    check = sub.add_parser("check", help="preflight: every problem of a recipe at once, one line each; exit 2; nothing written")
+    check.add_argument("recipe")
+    check.add_argument("--out", default=None, help="the run directory it would write (default: runs/<recipe name>)")
+    check.add_argument("overrides", nargs="*")
+
     plan = sub.add_parser("plan", help="parameters, memory per GPU, tokens and time of each stage, before you submit")
     plan.add_argument("recipe")
     plan.add_argument("--gpu", default="A100-80GB", help="A100-40GB, A100-80GB, H100-80GB, H200-141GB, L40S-48GB")
@@ -43,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. launch.config=zero3")
 
     sub.add_parser("labels", help="ingest, stats, build, tasks (chatsmith labels --help)", add_help=False)
+    from pipeline.data import add_parser as add_data_parser
+
+    add_data_parser(sub)
     sub.add_parser("arena", help="pairwise battles between checkpoints -> Bradley-Terry ratings with 95%% CIs "
                                  "(chatsmith arena --help)", add_help=False)
 
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come before or after options (`stage sft R --out D k=v` and `stage sft R k=v --out D`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in ("run", "stage", "plan") or any(e.startswith("-") for e in extra):
+        if args.command not in ("run", "stage", "plan", "data", "check") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.chat import repl
 
         return repl(args)
+    if args.command == "data" and args.data_command != "tokenize":
+        return _data(args)
 
     from pipeline.recipe import RecipeError, load_recipe
 
@@ -97,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "seeds", None):
         return _run_seeds(args, recipe)
+    if args.command == "data":
+        return _data(args, recipe)
+    if args.command in ("check", "run", "stage"):
+        code = _preflight(args, recipe)
+        if code or args.command == "check":
+            return code
     if args.command == "plan":
         from pipeline.plan import main as plan_main
 
@@ -104,6 +122,36 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.launch import run_command
 
     return run_command(args, recipe, _out_dir(args, recipe))
+
+
+def _preflight(args, recipe) -> int:
+    """Every problem at once, one line each naming the key and the path; 2 when there is any."""
+    import os
+
+    from pipeline.launch import LAUNCHED_ENV
+    from pipeline.preflight import check
+
+    if os.environ.get(LAUNCHED_ENV):
+        return 0  # a launched stage process: its parent checked
+    problems, warnings = check(recipe, _out_dir(args, recipe), only=getattr(args, "name", None))
+    for warning in warnings:
+        print(f"chatsmith: warning: {warning}", file=sys.stderr)
+    for problem in problems:
+        print(f"chatsmith: error: {problem.line()}", file=sys.stderr)
+    if args.command == "check" and not problems:
+        print(f"{args.recipe}: no problems found")
+    return 2 if problems else 0
+
+
+def _data(args, recipe=None) -> int:
+    from pipeline.data import data_command
+    from stages.data.sources import DataError
+
+    try:
+        return data_command(args, recipe, _out_dir(args, recipe) if recipe is not None else None)
+    except DataError as error:
+        print(f"chatsmith: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _run_seeds(args, recipe) -> int:

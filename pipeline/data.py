@@ -1,8 +1,15 @@
-"""The run's datasets under `DIR/data`: the demo world's, or the recipe's files; labeler exports
-ingested and built under `DIR/labels`.
+"""The run's datasets: the demo world's, or the recipe's sources; pretraining text tokenized into shards.
 
-    materialise_data(run)           DIR/data/{pretrain,sft_train,sft_eval,prompts,eval_prompts}.jsonl
-    ingest_labels(run, fmt, export) DIR/labels/ingest (accepted/rejected/summary) -> DIR/labels/build
+    materialise_data(run)   DIR/data/: the demo world's files, or the recipe's prompts normalised to JSONL;
+                            DIR/labels/: labeler exports ingested, and every SFT / comparison source (files
+                            and labels together, never one replacing another) built into
+                            DIR/labels/build/{sft,comparisons}_{train,eval}.jsonl, split by prompt
+    ensure_corpus(run)      the pretraining text as cached token shards (`stages.data`), tokenized once by
+                            N processes; DIR/data/corpus.json names the cache entries (its hash is the
+                            pretrain stage's data lineage: nothing of the corpus is copied or re-hashed)
+
+Bad input is a `DataError` (or `labeling`'s `InputError`) whose message is one line naming the recipe key
+and the file: `chatsmith` prints it and exits.
 """
 
 from __future__ import annotations
@@ -11,40 +18,100 @@ import hashlib
 import json
 from pathlib import Path
 
-from stages.common import read_jsonl, write_json_atomic, write_jsonl
+from stages.common import write_json_atomic, write_jsonl
+from stages.data.sources import DataError, read_records
 
 DATASETS = ("pretrain", "sft_train", "sft_eval", "prompts", "eval_prompts")
+CORPUS_FILE = "corpus.json"
 
 
 def config_sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def materialise_data(run) -> dict[str, Path]:
+def pretrain_sources(run) -> list:
+    """The pretraining text sources: the demo world's generated file, or `data.pretrain_text`."""
+    from stages.data.sources import Source
+
+    if run.demo is not None:
+        return [Source(paths=[str(run.data_path("pretrain.jsonl"))], name="demo-world")]
+    return list(run.recipe.data.pretrain_text or [])
+
+
+def sources_fingerprint(run) -> Path:
+    """DIR/data/pretrain_sources.json: each pretraining source with its cheap fingerprint (file names, sizes,
+    modification times; no content read) — what lineage hashes instead of the corpus. Rewritten only when
+    it changes."""
+    from stages.data.sources import fingerprint
+
+    record = [{**s.model_dump(mode="json"), "fingerprint": fingerprint(s)} for s in pretrain_sources(run)]
+    path = run.data_path("pretrain_sources.json")
+    if not path.exists() or json.loads(path.read_text()) != record:
+        write_json_atomic(path, record)
+    return path
+
+
+def has_built_data(run) -> bool:
+    """Whether SFT / reward data come from DIR/labels/build (any file or labeler source) rather than DIR/data."""
+    data = run.recipe.data
+    return run.demo is None and bool(data.sft or data.sft_eval or data.comparisons or data.comparisons_eval or data.labels)
+
+
+def materialise_data(run) -> None:
     """Write the run's datasets (skipped when already written for the same data config)."""
     data = run.recipe.data
     stamp = run.data_path("data.json")
     sha = config_sha(data.model_dump(mode="json"))
-    paths = {k: run.data_path(f"{k}.jsonl") for k in DATASETS}
     if stamp.exists() and json.loads(stamp.read_text()).get("config_sha256") == sha:
-        return {k: p for k, p in paths.items() if p.exists()}
+        return
     run.data_dir.mkdir(parents=True, exist_ok=True)
     if run.demo is not None:
-        run.demo.write_data(paths)
+        run.demo.write_data({k: run.data_path(f"{k}.jsonl") for k in DATASETS})
     else:
-        copies = {"pretrain": data.pretrain_text, "sft_train": data.sft, "sft_eval": data.sft_eval,
-                  "prompts": data.prompts, "eval_prompts": data.eval_prompts}
-        for key, source in copies.items():
-            if source:
-                write_jsonl(paths[key], read_jsonl(source))
-        if data.labels:
-            ingest_labels(run, data.labels.format, Path(data.labels.path), eval_fraction=data.labels.eval_fraction)
+        for key in ("prompts", "eval_prompts"):
+            if getattr(data, key):
+                write_jsonl(run.data_path(f"{key}.jsonl"), _rows(f"data.{key}", getattr(data, key), data.max_bad_fraction))
+        if has_built_data(run):
+            build_labels(run)
     write_json_atomic(stamp, {"config_sha256": sha, "source": data.source})
-    return {k: p for k, p in paths.items() if p.exists()}
+
+
+def _rows(key: str, sources, max_bad_fraction: float):
+    for source in sources:
+        try:
+            yield from read_records(source, max_bad_fraction=max_bad_fraction)
+        except DataError as error:
+            raise DataError(f"{key}: {error}") from None
+
+
+def build_labels(run) -> dict:
+    """Labeler exports -> DIR/labels/ingest; with the SFT and comparison files -> DIR/labels/build."""
+    from labeling.build import build
+    from labeling.ingest import ingest_all
+
+    data, labels = run.recipe.data, run.dir / "labels"
+    sources = labels / "sources"
+    files = {}
+    for key in ("sft", "sft_eval", "comparisons", "comparisons_eval"):
+        files[key] = []
+        for number, source in enumerate(getattr(data, key) or []):
+            path = sources / f"{key}-{number}.jsonl"  # normalised (messages / TRL preference rows)
+            write_jsonl(path, _rows(f"data.{key}", [source], data.max_bad_fraction))
+            files[key].append(str(path))
+    ingested = ingest_all([s.model_dump() for s in data.labels], labels / "ingest") if data.labels else []
+    for summary in ingested:
+        run.say(f"labels: {summary['dir']}: read {summary['read']}, accepted {summary['accepted']}, "
+                f"rejected {summary['rejected']} {summary.get('reasons') or ''}")
+    built = build([s["dir"] for s in ingested], labels / "build", eval_fraction=data.eval_fraction, seed=run.recipe.seed,
+                  sft_files=files["sft"], comparison_files=files["comparisons"], sft_eval_files=files["sft_eval"],
+                  comparison_eval_files=files["comparisons_eval"])
+    run.say(f"data: built {built['sft_train']} + {built['sft_eval']} SFT rows and {built['comparisons_train']} + "
+            f"{built['comparisons_eval']} comparisons (train + held out) from {len(built.get('by_source', {}))} sources")
+    return {"ingest": ingested, "build": built}
 
 
 def ingest_labels(run, fmt: str, export: Path, *, eval_fraction: float, tasks: Path | None = None) -> dict:
-    """Labeler export -> DIR/labels/ingest (accepted/rejected/summary) -> DIR/labels/build."""
+    """One labeler export -> DIR/labels/ingest -> DIR/labels/build (the demo's simulated labelers' export)."""
     from labeling.build import build
     from labeling.ingest import ingest
 
@@ -54,3 +121,84 @@ def ingest_labels(run, fmt: str, export: Path, *, eval_fraction: float, tasks: P
             f"{summary.get('reasons') or ''}")
     built = build(labels / "ingest", labels / "build", eval_fraction=eval_fraction, seed=run.recipe.seed)
     return {"ingest": summary, "build": built}
+
+
+def ensure_corpus(run) -> Path:
+    """Token shards of the pretraining text (tokenized now unless the cache has them) and DIR/data/corpus.json."""
+    from stages.data import default_cache_dir, tokenize_sources
+
+    data, pretrain = run.recipe.data, run.recipe.stages.pretrain
+    sources = pretrain_sources(run)
+    if not sources:
+        raise DataError("data.pretrain_text: the pretrain stage needs pretraining text")
+    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache_dir()
+    tokenizer_dir = run.dir / "tokenizer"
+    document_eos = _document_eos_id(tokenizer_dir)
+    shards = tokenize_sources(sources, tokenizer_dir, cache_dir, num_workers=data.tokenize_workers,
+                              eval_fraction=pretrain.eval_fraction, max_bad_fraction=data.max_bad_fraction,
+                              eos_token_id=document_eos, verify=data.verify_sources)
+    run.say(f"data: {shards.tokenized_parts} parts tokenized" if shards.tokenized_parts
+            else "data: token shards from the cache (nothing tokenized)")
+    corpus = {"cache_dir": str(cache_dir), "keys": shards.keys, "weights": [s.weight for s in sources],
+              "sources": [s.model_dump(mode="json") for s in sources], "eos_token_id": document_eos}
+    path = run.data_path(CORPUS_FILE)
+    if not path.exists() or json.loads(path.read_text()) != corpus:
+        write_json_atomic(path, corpus)  # rewritten only when the data changed: its hash is the lineage
+    return path
+
+
+def _document_eos_id(tokenizer_dir: Path) -> int:
+    """The token between documents: the chat format's document EOS (`<|endoftext|>`, not `<|im_end|>`)."""
+    from stages.chat_format import read_chat_format
+
+    chat_format = read_chat_format(tokenizer_dir)
+    if chat_format is not None and chat_format.document_eos_id is not None:
+        return chat_format.document_eos_id
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir)).eos_token_id
+
+
+# ------------------------------------------------------------------------------------- chatsmith data
+
+
+def add_parser(subparsers) -> None:
+    """`chatsmith data tokenize|ls|clean`."""
+    data = subparsers.add_parser("data", help="token shards of the pretraining text: tokenize, ls, clean")
+    sub = data.add_subparsers(dest="data_command", required=True)
+    tokenize = sub.add_parser("tokenize", help="the recipe's pretraining text -> cached token shards (pretrain does it when missing)")
+    tokenize.add_argument("recipe")
+    tokenize.add_argument("--out", default=None, help="run directory (its tokenizer; default runs/<recipe name>)")
+    tokenize.add_argument("overrides", nargs="*")
+    listing = sub.add_parser("ls", help="the cache entries: source, tokens, size, complete or not")
+    listing.add_argument("--cache-dir", default=None)
+    clean = sub.add_parser("clean", help="remove cache entries (by key or key prefix; --all for every one)")
+    clean.add_argument("keys", nargs="*")
+    clean.add_argument("--all", action="store_true")
+    clean.add_argument("--cache-dir", default=None)
+
+
+def data_command(args, recipe=None, out_dir: str | None = None) -> int:
+    from stages.data import cache_entries, default_cache_dir, remove_cache_entries
+
+    if args.data_command == "tokenize":
+        from pipeline.runner import Run
+
+        run = Run(recipe, out_dir)
+        run.prepare(only="pretrain")
+        print(f"corpus: {ensure_corpus(run)}")
+        return 0
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.data_command == "ls":
+        rows = cache_entries(cache_dir)
+        print(f"{cache_dir}: {len(rows)} entries")
+        for row in rows:
+            state = "complete" if row["complete"] else f"{row['parts_done']}/{row['parts']} parts"
+            tokens = f"{row['tokens']:,} tokens" if row["tokens"] is not None else "-"
+            print(f"  {row['key']}  {row['label']}  {tokens}  {row['bytes_on_disk'] / 1e6:,.1f} MB  {state}  {row['created']}")
+        return 0
+    if not args.keys and not args.all:
+        raise DataError("chatsmith data clean: name entries (keys or key prefixes from `chatsmith data ls`) or pass --all")
+    removed = remove_cache_entries(cache_dir, None if args.all else args.keys)
+    print(f"removed {len(removed)} entries from {cache_dir}")
+    return 0

@@ -36,6 +36,17 @@ NAMED_CONFIGS = ("single", "ddp", "zero2", "zero3", "zero3-offload")
 STORE_TIMEOUT_S = 7 * 24 * 3600  # other machines wait this long for machine 0's next stage
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input (data, labels, checkpoints, resume state), told in one line."""
+    from labeling.readers import InputError
+    from pipeline.recipe import RecipeError
+    from stages.chat_format import ChatFormatError
+    from stages.checkpoint import ResumeError
+    from stages.data.sources import DataError
+
+    return DataError, InputError, RecipeError, ChatFormatError, ResumeError
+
+
 def is_distributed(launch: LaunchConfig) -> bool:
     return launch.config != "single" or launch.num_processes > 1 or launch.num_machines > 1
 
@@ -70,6 +81,9 @@ def run_command(args, recipe: Recipe, out_dir: str) -> int:
     except StageFailed as error:
         print(f"chatsmith: error: {error}", file=sys.stderr)
         return 1
+    except user_errors() as error:  # bad data or files found while preparing the run: one line, no traceback
+        print(f"chatsmith: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     if args.command == "stage":
         return 0
     from pipeline.report import stage_table, write_report

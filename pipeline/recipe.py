@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from pipeline.demo.config import WorldConfig
 from stages.config import Frozen, Stages, TokenizerConfig, cross_field_error
+from stages.data.sources import Source
 
 
 class RecipeError(ValueError):
@@ -24,39 +25,87 @@ class RecipeError(ValueError):
 
 
 class LabelsSource(Frozen):
-    """A labeler export to ingest and build into SFT conversations and comparisons."""
+    """A labeler export to ingest; its demonstrations and rewrites join the SFT data, its comparisons the
+    reward data (combined with `data.sft` / `data.comparisons`, never replacing them)."""
 
     format: Literal["native", "hh-rlhf", "oasst", "label-studio", "argilla"]
     """Export format (see `chatsmith labels ingest --help`)."""
     path: str
     """The export file."""
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
-    """Share of prompts held out for evaluation (split by prompt)."""
+    tasks: Optional[str] = None
+    """label-studio: the tasks.jsonl the export answers (annotations of unknown tasks are set aside)."""
+    hh_demonstrations: bool = False
+    """hh-rlhf: also take each chosen transcript as an SFT demonstration (off: HH gives comparisons only)."""
+
+
+def _sources_of(kind: str):
+    """A recipe's data value (a path, a list of paths, or Source mappings) as Source mappings of `kind`."""
+
+    def convert(value):
+        if value is None:
+            return None
+        items = [value] if isinstance(value, (str, dict)) else list(value)
+        paths = [item for item in items if isinstance(item, str)]
+        mappings = [({"kind": kind, **item} if isinstance(item, dict) else item) for item in items if not isinstance(item, str)]
+        return ([{"paths": paths, "kind": kind}] if paths else []) + mappings
+
+    return BeforeValidator(convert)
+
+
+TextSources = Annotated[Optional[list[Source]], _sources_of("text")]
+ConversationSources = Annotated[Optional[list[Source]], _sources_of("conversations")]
+ComparisonSources = Annotated[Optional[list[Source]], _sources_of("comparisons")]
+PromptSources = Annotated[Optional[list[Source]], _sources_of("prompts")]
+
+
+def _labels_list(value):
+    return [value] if isinstance(value, dict) else value
 
 
 class DataConfig(Frozen):
-    """Where each stage's data comes from: the built-in demo world, or your files."""
+    """Where each stage's data comes from: the built-in demo world, or your files.
+
+    Every data key takes a path (a file, a directory, a glob), a list of paths, or a list of sources
+    `{paths, format, text_field, weight, name}` (`stages.data.sources.Source`); formats: .jsonl,
+    .jsonl.gz, .jsonl.zst, .parquet, .txt, or a `datasets` dir saved with `save_to_disk`. Several
+    sources are combined, never one replacing another."""
 
     source: Literal["demo", "files"] = "demo"
-    """`demo` generates everything from the demo world; `files` reads the paths below."""
+    """`demo` generates everything from the demo world; `files` reads the keys below."""
     world: WorldConfig = WorldConfig()
     """The demo world's size and noise (source: demo)."""
-    pretrain_text: Optional[str] = None
-    """JSONL of `{"text": ...}` documents for pretraining (source: files)."""
-    sft: Optional[str] = None
-    """JSONL of `{"messages": [...]}` conversations (source: files)."""
-    sft_eval: Optional[str] = None
-    """Held-out conversations (source: files)."""
-    comparisons: Optional[str] = None
-    """JSONL of `{"prompt", "chosen", "rejected"[, "margin"]}` (source: files)."""
-    comparisons_eval: Optional[str] = None
-    """Held-out comparisons (source: files)."""
-    labels: Optional[LabelsSource] = None
-    """A labeler export to ingest and build instead of `sft`/`comparisons` files."""
-    prompts: Optional[str] = None
-    """JSONL prompts for PPO (source: files)."""
-    eval_prompts: Optional[str] = None
-    """JSONL held-out prompts for evaluation (source: files)."""
+    pretrain_text: TextSources = None
+    """Pretraining documents (`text_field`, default "text"), tokenized once into cached token shards and
+    streamed; several sources form a mixture by `weight`. Never copied into the run directory."""
+    sft: ConversationSources = None
+    """SFT conversations: rows with `messages`, ShareGPT `conversations` (from/value) or alpaca
+    (instruction/input/output)."""
+    sft_eval: ConversationSources = None
+    """Held-out conversations (their prompts are kept out of training)."""
+    comparisons: ComparisonSources = None
+    """Comparisons `{"prompt", "chosen", "rejected"[, "margin"]}` (TRL's preference form)."""
+    comparisons_eval: ComparisonSources = None
+    """Held-out comparisons."""
+    labels: Annotated[list[LabelsSource], BeforeValidator(_labels_list)] = []
+    """Labeler exports to ingest (`DIR/labels/ingest`) and build together with `sft` / `comparisons`
+    (`DIR/labels/build`)."""
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of prompts of `labels`, `sft` and `comparisons` held out for evaluation (split by prompt)."""
+    prompts: PromptSources = None
+    """Prompts for PPO: rows with `prompt` or `messages`."""
+    eval_prompts: PromptSources = None
+    """Held-out prompts for evaluation; a row's `split` ("dev" or "test") says which part it is in."""
+    cache_dir: Optional[str] = None
+    """Where token shards are cached, keyed by (sources fingerprint, tokenizer, reader settings); None:
+    `$CHATSMITH_CACHE/token-shards` or `~/.cache/chatsmith/token-shards`. Must be a shared filesystem for
+    multi-node runs."""
+    tokenize_workers: Optional[int] = Field(None, gt=0)
+    """Processes that tokenize the pretraining text; None: the CPU count."""
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    """Stop when more than this share of a source's records cannot be used (each is skipped and counted)."""
+    verify_sources: bool = False
+    """Re-hash the pretraining files' contents when reusing their token shards (the cheap fingerprint is
+    names, sizes and modification times)."""
     label_with_sft_samples: int = Field(2, ge=0)
     """Demo: of the K candidates per comparison task, how many are sampled from the SFT checkpoint
     (the rest are written by simulated imperfect models)."""
@@ -174,6 +223,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 RENAMED = {
     ("stages", "ppo", "dpo_beta"): "renamed; use stages.ppo.beta (with stages.ppo.algorithm: dpo)",
     ("eval", "temperature"): "removed; the evaluation decodes greedy, at the chat default (T=0.7, top-p 0.95) and at T=1",
+    ("data", "labels", "eval_fraction"): "moved; use data.eval_fraction (one split for every labeler export and file)",
 }
 """Keys an earlier chatsmith accepted -> what to write now (see CHANGELOG.md)."""
 
@@ -215,8 +265,9 @@ def _user_loc(loc: tuple) -> tuple[tuple, Any]:
 
 def _unknown_key_message(path: tuple, parent: Any) -> str:
     key = ".".join(map(str, path))
-    if path in RENAMED:
-        return f"{key}: {RENAMED[path]}"
+    named = tuple(part for part in path if not isinstance(part, int))  # data.labels.0.x -> data.labels.x
+    if named in RENAMED:
+        return f"{key}: {RENAMED[named]}"
     known = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
     close = difflib.get_close_matches(str(path[-1]), known, n=1)
     return f"{key}: unknown key" + (f"; did you mean {'.'.join(map(str, (*path[:-1], close[0])))}?" if close else "")

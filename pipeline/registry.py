@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.data import CORPUS_FILE, ensure_corpus, has_built_data
 from stages.config import STAGE_ORDER, Stages
 
 
@@ -28,6 +29,8 @@ class StageSpec:
     """(stage config, inputs, output dir, *, meta, run) -> metrics; what every launched process runs."""
     chat: bool
     """Writes a chat checkpoint whose behaviour the run evaluates (the eval settings enter its hash)."""
+    prepare: Callable[[Any], None] | None = None
+    """(run) -> None: what the stage needs made before its inputs resolve (pretrain: the token shards)."""
 
     @property
     def config_type(self):
@@ -38,7 +41,7 @@ class StageSpec:
 
 
 def _pretrain_inputs(run, cfg) -> dict[str, Path]:
-    inputs = {"tokenizer": run.dir / "tokenizer", "documents": run.data_path("pretrain.jsonl")}
+    inputs = {"tokenizer": run.dir / "tokenizer", "corpus": run.data_path(CORPUS_FILE)}
     if cfg.init_from:
         inputs["init_from"] = Path(cfg.init_from)
     return inputs
@@ -52,10 +55,9 @@ def _parent(run, cfg, previous: str, name: str) -> Path:
 
 
 def _sft_inputs(run, cfg) -> dict[str, Path]:
-    labels = run.dir / "labels" / "build"
-    from_labels = run.recipe.data.labels is not None
-    default_train = labels / "sft_train.jsonl" if from_labels else run.data_path("sft_train.jsonl")
-    default_eval = labels / "sft_eval.jsonl" if from_labels else run.data_path("sft_eval.jsonl")
+    built = has_built_data(run)  # files and labeler exports, combined in DIR/labels/build
+    default_train = run.dir / "labels" / "build" / "sft_train.jsonl" if built else run.data_path("sft_train.jsonl")
+    default_eval = run.dir / "labels" / "build" / "sft_eval.jsonl" if built else run.data_path("sft_eval.jsonl")
     inputs = {"init_from": _parent(run, cfg, "pretrain", "sft"), "train_data": Path(cfg.data or default_train)}
     eval_data = cfg.eval_data or (default_eval if default_eval.exists() else None)
     if eval_data:
@@ -64,11 +66,10 @@ def _sft_inputs(run, cfg) -> dict[str, Path]:
 
 
 def _reward_inputs(run, cfg) -> dict[str, Path]:
-    build = run.dir / "labels" / "build"
-    data = run.recipe.data
+    build = run.dir / "labels" / "build"  # the demo's comparisons are built there too
     return {"init_from": _parent(run, cfg, "sft", "reward"),
-            "train_data": Path(cfg.data or data.comparisons or build / "comparisons_train.jsonl"),
-            "eval_data": Path(cfg.eval_data or data.comparisons_eval or build / "comparisons_eval.jsonl")}
+            "train_data": Path(cfg.data or build / "comparisons_train.jsonl"),
+            "eval_data": Path(cfg.eval_data or build / "comparisons_eval.jsonl")}
 
 
 def _ppo_inputs(run, cfg) -> dict[str, Path]:
@@ -83,7 +84,9 @@ def _ppo_inputs(run, cfg) -> dict[str, Path]:
     elif cfg.algorithm != "dpo":  # DPO learns straight from the comparisons: no reward model needed
         raise MissingInput("stages.ppo.reward_model: required when stages.reward is null")
     if cfg.algorithm == "dpo":
-        comparisons = _reward_inputs(run, stages.reward)["train_data"] if stages.reward else run.recipe.data.comparisons
+        comparisons = _reward_inputs(run, stages.reward)["train_data"] if stages.reward else None
+        if comparisons is None and (run.recipe.data.comparisons or run.recipe.data.labels):
+            comparisons = run.dir / "labels" / "build" / "comparisons_train.jsonl"
         if comparisons is None:
             raise MissingInput("data.comparisons: algorithm dpo needs comparisons (or a reward stage's data)")
         inputs["comparisons"] = Path(comparisons)
@@ -99,7 +102,7 @@ def _ppo_inputs(run, cfg) -> dict[str, Path]:
 def _train_pretrain(cfg, inputs, out, *, meta, run) -> dict:
     from stages import pretrain
 
-    return pretrain.run(cfg, tokenizer_dir=inputs["tokenizer"], documents=inputs["documents"], output_dir=out, meta=meta)
+    return pretrain.run(cfg, tokenizer_dir=inputs["tokenizer"], corpus=inputs["corpus"], output_dir=out, meta=meta)
 
 
 def _train_sft(cfg, inputs, out, *, meta, run) -> dict:
@@ -130,7 +133,7 @@ def _train_rl(cfg, inputs, out, *, meta, run) -> dict:
 
 
 STAGES: dict[str, StageSpec] = {
-    "pretrain": StageSpec("pretrain", _pretrain_inputs, _train_pretrain, chat=False),
+    "pretrain": StageSpec("pretrain", _pretrain_inputs, _train_pretrain, chat=False, prepare=ensure_corpus),
     "sft": StageSpec("sft", _sft_inputs, _train_sft, chat=True),
     "reward": StageSpec("reward", _reward_inputs, _train_reward, chat=False),
     "ppo": StageSpec("ppo", _ppo_inputs, _train_rl, chat=True),

@@ -17,12 +17,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from pipeline.data import config_sha, materialise_data
+from pipeline.data import config_sha, materialise_data, pretrain_sources, sources_fingerprint
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe, dump_recipe
 from pipeline.registry import STAGES, MissingInput
 from stages.checkpoint import sha256_path
-from stages.common import read_jsonl, write_json_atomic
+from stages.common import write_json_atomic
 
 
 class StageFailed(RuntimeError):
@@ -84,6 +84,8 @@ class Run:
             raise StageFailed(name, f"stages.{name} is null in the recipe")
         if self.demo:
             self.demo.before_stage(name)
+        if STAGES[name].prepare:
+            STAGES[name].prepare(self)
         inputs = self.stage_inputs(name)
         missing = [f"{k} ({p})" for k, p in inputs.items() if not p.exists()]
         if missing:
@@ -138,20 +140,22 @@ class Run:
 
     def ensure_tokenizer(self) -> None:
         from stages import tokenizer as tokenizer_stage
+        from stages.data.sources import sample_texts
 
         out = self.dir / "tokenizer"
         cfg = self.recipe.tokenizer
         sha = config_sha(cfg.model_dump(mode="json"))
-        inputs = {"documents": str(self.data_path("pretrain.jsonl"))} if cfg.train else {"checkpoint": cfg.from_checkpoint}
+        if cfg.train and not pretrain_sources(self):
+            raise StageFailed("tokenizer", "tokenizer.train is true but the recipe has no pretraining text "
+                                           "(data.pretrain_text); or set tokenizer.train=false and tokenizer.from_checkpoint")
+        inputs = {"sources": str(sources_fingerprint(self))} if cfg.train else {"checkpoint": cfg.from_checkpoint}
         current, reason = self.manifest.is_current("tokenizer", config_sha=sha, inputs=inputs)
         if current:
             return
         self.say(f"tokenizer: {'training a byte-level BPE' if cfg.train else 'taken from ' + str(cfg.from_checkpoint)}")
         self.manifest.start("tokenizer", config_sha=sha, inputs=inputs, output=str(out), reason=reason)
-        if cfg.train and not self.data_path("pretrain.jsonl").exists():
-            raise StageFailed("tokenizer", "tokenizer.train is true but the recipe has no pretraining text "
-                                           "(data.pretrain_text); or set tokenizer.train=false and tokenizer.from_checkpoint")
-        documents = (row["text"] for row in read_jsonl(self.data_path("pretrain.jsonl"))) if cfg.train else None
+        # A sample of the text, streamed (the whole corpus of a real run would not fit in memory).
+        documents = sample_texts(pretrain_sources(self), sample_bytes=cfg.train_sample_bytes, seed=self.recipe.seed) if cfg.train else None
         tok = tokenizer_stage.run(cfg, documents=documents, output_dir=out)
         self.manifest.finish("tokenizer", metrics={"vocab_size": len(tok)})
 

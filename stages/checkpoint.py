@@ -59,7 +59,8 @@ def sha256_path(path: str | os.PathLike) -> str:
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and "resume" not in p.relative_to(path).parts):
+    skipped = {"resume", "tracking"}  # resume state and tracker event files are about the run, not the checkpoint
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not skipped & set(p.relative_to(path).parts)):
         if file.suffix in {".jsonl", ".png"} or file.name in {"eval.json", "metrics.jsonl"}:
             continue
         digest.update(str(file.relative_to(path)).encode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -114,13 +115,21 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 class MetricsLog:
     """Appends one JSON object per logged step to `metrics.jsonl`, with `step` and `time_s`.
 
-    On resume, lines past the resumed step are dropped first, so the file reads as one run."""
+    On resume, lines past the resumed step are dropped first, so the file reads as one run.
+    With an `accelerator` whose trackers were started (`make_accelerator(report_to=...)`), the numbers of each row
+    also go to them, under the same names at the same step. The trackers are finished by `close`, else when the log
+    goes away (the end of the stage function) or at exit: not by `accelerator.end_training`, which would also end
+    the process group that saving the model still needs."""
 
-    def __init__(self, path: str | os.PathLike, *, resume_step: int = 0, enabled: bool = True):
+    def __init__(self, path: str | os.PathLike, *, resume_step: int = 0, enabled: bool = True, accelerator=None):
         self.path = Path(path)
         self.enabled = enabled
         self.start = time.perf_counter()
         self.time_offset = 0.0
+        self.accelerator = accelerator if enabled and accelerator is not None and accelerator.trackers else None
+        self._finish = None
+        if self.accelerator is not None:
+            self._finish = weakref.finalize(self, _finish_trackers, list(self.accelerator.trackers))
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +146,22 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
+        if self.accelerator is not None:
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            numbers.pop("step", None)
+            self.accelerator.log(numbers, step=step)
         return row
+
+    def close(self) -> None:
+        """Finish the trackers (the file needs no closing)."""
+        if self._finish is not None:
+            self._finish()
+        self.accelerator = None
+
+
+def _finish_trackers(trackers: list) -> None:
+    for tracker in trackers:
+        tracker.finish()
 
 
 def _plain(value: Any) -> Any:

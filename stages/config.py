@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -88,6 +88,23 @@ class TrainCommon(Frozen):
     """Trade compute for memory on large models."""
     keep_resume: bool = False
     """Keep the `resume/` directory after the stage finishes."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
+    """Experiment trackers that also get the metrics of `metrics.jsonl` (none by default): files under the stage's
+    `tracking/` dir (TensorBoard events; W&B runs, offline with WANDB_MODE=offline), MLflow where MLFLOW_TRACKING_URI
+    points. Each is an extra: `pip install 'chatsmith[tensorboard]'` (or `[wandb]`, `[mlflow]`)."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        # Checked when the recipe is loaded (find_spec imports nothing), not hours later when the stage starts.
+        import importlib.util
+
+        modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+        missing = [name for name in dict.fromkeys(value) if not any(importlib.util.find_spec(m) for m in modules[name])]
+        if missing:
+            raise PydanticCustomError("tracker_missing", f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                                      f"not installed: pip install 'chatsmith[{','.join(missing)}]'")
+        return list(dict.fromkeys(value))
 
 
 class TokenizerConfig(Frozen):
@@ -99,6 +116,9 @@ class TokenizerConfig(Frozen):
     """Vocabulary size of a trained tokenizer (special tokens included)."""
     from_checkpoint: Optional[str] = None
     """A local Hugging Face checkpoint dir whose tokenizer to use when `train` is false."""
+    train_sample_bytes: int = Field(1 << 30, gt=0)
+    """Bytes of pretraining text a trained tokenizer learns from: a sample streamed from the sources
+    (each by its weight, from the start of its files in a seeded order), never the whole corpus."""
     chat_template: Literal["native", "chatsmith"] = "native"
     """`native` keeps the checkpoint's own chat template and special tokens (ChatML stays ChatML, no new tokens;
     chatsmith's template only when it has none); `chatsmith` replaces it with chatsmith's (new tokens, new embeddings)."""

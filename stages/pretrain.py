@@ -1,53 +1,38 @@
 """Pretrain: next-token prediction on packed documents -> a base model that continues text.
 
-In:  documents (JSONL of `{"text": ...}`), a tokenizer dir (chat template, EOS, chat_format.json), and either a
-     model config (random init; any HF causal-LM architecture, Llama by default) or `init_from`
-     (continued pretraining from a local checkpoint).
+In:  the corpus as token shards (`corpus.json`: cache entries made by `stages.data.tokenize_sources`, e.g.
+     by `chatsmith data tokenize`; tokenized here by the main process when missing), a tokenizer dir
+     (chat template, chat_format.json), and either a model config (random init; any HF causal-LM
+     architecture, Llama by default) or `init_from` (continued pretraining from a local checkpoint).
 Out: `output_dir/` — a HF checkpoint (config.json, model.safetensors, tokenizer, generation_config.json),
-     `metrics.jsonl` (step, loss, lr, tokens_per_s, time_s), `eval.json` (eval_loss, bits_per_byte).
+     `metrics.jsonl` (step, loss, lr, tokens_per_s, tokens from each source, time_s), `eval.json`
+     (eval_loss, bits_per_byte on held-out documents, at most `eval_batches` batches).
 
-Documents are joined with the document EOS (`chat_format.json`'s, e.g. `<|endoftext|>`; the tokenizer's EOS is
-the end-of-turn token) and cut into full `seq_len` sequences: no padding waste.
-A seeded permutation per epoch fixes the data order, so an interrupted run resumes exactly from
-`resume/` (weights, optimizer, scheduler, RNG, step).
+The shards are read memory-mapped: memory stays flat whatever the corpus size. Each source's documents
+are joined with the document EOS (`chat_format.json`'s, e.g. `<|endoftext|>`) and cut into full `seq_len`
+windows: no padding. Each step's global batch (windows drawn from the sources by their mixture weights)
+is a function of (seed, step) alone (`stages.data.stream.TrainSampler`) and each rank takes its slice, so
+an interrupted run resumes exactly from `resume/` (weights, optimizer, scheduler, RNG, step) without
+reading the sources again. Held-out documents were chosen by a hash of their content when tokenized.
 
     chatsmith stage pretrain recipes/tiny-cpu.yaml --out runs/demo
 """
 
 from __future__ import annotations
 
+import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Optional
 
 from stages.checkpoint import ResumeState, make_scheduler, save_checkpoint
-from stages.common import MetricsLog, load_chat_tokenizer, read_jsonl, torch_dtype, write_json_atomic
+from stages.common import MetricsLog, load_chat_tokenizer, torch_dtype, write_json_atomic
 from stages.config import PretrainConfig
+from stages.data.shards import ShardSet, tokenize_sources
+from stages.data.sources import Source
+from stages.data.stream import TrainSampler, eval_windows
 from stages.distributed import full_state_dict, make_accelerator, report_rank_data, set_deepspeed_micro_batch
-
-
-def split_documents(documents: list[str], *, eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    order = list(range(len(documents)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(documents) * eval_fraction))
-    return [documents[i] for i in order[n_eval:]], [documents[i] for i in order[:n_eval]]
-
-
-def pack(tokenizer, documents: list[str], seq_len: int, *, document_eos_id: int):
-    """Token ids of all documents, each followed by the document EOS, as a [N, seq_len] tensor (tail
-    dropped), and the length of the whole token stream before the tail was dropped."""
-    import torch
-
-    ids: list[int] = []
-    for encoded in tokenizer(documents, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
-        ids.append(document_eos_id)
-    n = len(ids) // seq_len
-    if n == 0:
-        raise ValueError(f"not enough text for one sequence of {seq_len} tokens ({len(ids)} tokens)")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len), len(ids)
 
 
 def build_model(config: PretrainConfig, tokenizer):
@@ -89,10 +74,11 @@ def build_model(config: PretrainConfig, tokenizer):
 
 
 def evaluate(model, sequences, *, batch_size: int, bytes_per_token: float, accelerator) -> dict:
-    """Mean next-token loss over all held-out sequences, and bits per UTF-8 byte of their text
-    (`bytes_per_token`: the held-out text's bytes over its token count)."""
+    """Mean next-token loss over the held-out windows, and bits per UTF-8 byte of their text
+    (`bytes_per_token`: the held-out text's bytes over its token count, EOS included)."""
     import torch
 
+    sequences = torch.from_numpy(sequences)
     model.eval()
     total_nats, total_tokens = 0.0, 0
     with torch.no_grad():
@@ -108,21 +94,18 @@ def evaluate(model, sequences, *, batch_size: int, bytes_per_token: float, accel
     return {"eval_loss": eval_loss, "bits_per_byte": total_nats / math.log(2) / covered_bytes, "eval_tokens": total_tokens}
 
 
-def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | Path, output_dir: str | Path,
+def run(config: PretrainConfig, *, tokenizer_dir: str | Path, corpus: str | Path, output_dir: str | Path,
         meta: Optional[dict] = None) -> dict:
     import torch
 
     output_dir = Path(output_dir)
-    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                   report_to=config.report_to, output_dir=output_dir)
     tokenizer, chat_format = load_chat_tokenizer(tokenizer_dir, where="pretrain", trust_remote_code=config.trust_remote_code)
-    # chatsmith's trained tokenizers end documents and turns with the same token; a base's format may not
-    document_eos_id = chat_format.document_eos_id if chat_format.document_eos_id is not None else chat_format.end_of_turn_id
-
-    texts = [row["text"] for row in read_jsonl(documents)]
-    train_texts, eval_texts = split_documents(texts, eval_fraction=config.eval_fraction, seed=config.seed)
-    train_seqs, _ = pack(tokenizer, train_texts, config.seq_len, document_eos_id=document_eos_id)
-    eval_seqs, eval_stream_tokens = pack(tokenizer, eval_texts, config.seq_len, document_eos_id=document_eos_id)
-    bytes_per_token = sum(len(t.encode("utf-8")) for t in eval_texts) / eval_stream_tokens
+    shards = open_corpus(corpus, tokenizer_dir, accelerator)
+    global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    sampler = TrainSampler(shards, seq_len=config.seq_len, global_batch=global_batch, seed=config.seed)
+    held_out = eval_windows(shards, seq_len=config.seq_len, max_windows=config.eval_batches * config.batch_size)
 
     model = build_model(config, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
@@ -135,19 +118,23 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
     step = counters["step"] if counters else 0
     if counters:
         accelerator.print(f"pretrain: resuming from step {step} ({resume.dir})")
-    batches = GlobalBatches(train_seqs, config, accelerator)
+    batches = RankBatches(sampler, config, accelerator)
+    windows = int(sampler.windows.sum())
     accelerator.print(
-        f"pretrain: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {len(train_seqs)} sequences "
-        f"x {config.seq_len} tokens, global batch {batches.global_size}, {config.max_steps} steps "
-        f"({config.max_steps / batches.steps_per_epoch:.1f} epochs)"
+        f"pretrain: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {windows} sequences "
+        f"x {config.seq_len} tokens in {len(shards.sources)} source(s), global batch {global_batch}, {config.max_steps} steps "
+        f"({config.max_steps * global_batch / windows:.1f} epochs)"
     )
     report_rank_data("pretrain", accelerator, batches.micro_batch(step, 0))
 
-    log = MetricsLog(output_dir / "metrics.jsonl", resume_step=step, enabled=accelerator.is_main_process)
+    log = MetricsLog(output_dir / "metrics.jsonl", resume_step=step, enabled=accelerator.is_main_process, accelerator=accelerator)
     train_loop(model, optimizer, scheduler, batches, config=config, accelerator=accelerator, step=step, log=log, resume=resume)
+    log.close()  # finishes the trackers (accelerate's end_training would also end the process group)
 
-    metrics = evaluate(model, eval_seqs, batch_size=config.batch_size, bytes_per_token=bytes_per_token, accelerator=accelerator)
-    metrics.update(train_sequences=len(train_seqs), steps=config.max_steps, epochs=config.max_steps / batches.steps_per_epoch)
+    metrics = evaluate(model, held_out.tokens, batch_size=config.batch_size, bytes_per_token=held_out.bytes_per_token,
+                       accelerator=accelerator)
+    metrics.update(train_sequences=windows, steps=config.max_steps, epochs=config.max_steps * global_batch / windows,
+                   tokens_by_source=sampler.tokens_by_source(config.max_steps))
     accelerator.wait_for_everyone()
     weights = full_state_dict(accelerator, model)  # whole on the main process even when ZeRO-3 shards them
     if accelerator.is_main_process:
@@ -160,32 +147,36 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, documents: str | P
     return metrics
 
 
-class GlobalBatches:
-    """The data order: a seeded permutation of the packed sequences per epoch, cut into global batches of
-    batch_size x processes x gradient_accumulation_steps; each rank takes its own slice of each. A pure
-    function of (seed, step), so resuming needs only the step."""
+def open_corpus(corpus: str | Path, tokenizer_dir: str | Path, accelerator):
+    """The token shards `corpus.json` names. When they are missing (a cleaned cache), the main process
+    tokenizes the sources it lists while the others wait: the ranks share one tokenization."""
+    corpus = json.loads(Path(corpus).read_text())
+    missing = [key for key in corpus["keys"] if not (Path(corpus["cache_dir"]) / key / "summary.json").exists()]
+    if missing and accelerator.is_main_process:
+        tokenize_sources(corpus["sources"], tokenizer_dir, corpus["cache_dir"], eos_token_id=corpus["eos_token_id"])
+    accelerator.wait_for_everyone()
+    return ShardSet.open(corpus["cache_dir"], corpus["keys"], sources=[Source(**s) for s in corpus["sources"]])
 
-    def __init__(self, sequences, config: PretrainConfig, accelerator):
-        self.sequences, self.seed = sequences, config.seed
-        self.per_rank, self.world, self.rank = config.batch_size, accelerator.num_processes, accelerator.process_index
-        self.global_size = self.per_rank * self.world * config.gradient_accumulation_steps
-        self.steps_per_epoch = max(1, len(sequences) // self.global_size)
-        self.device = accelerator.device
-        self._epoch, self._order = None, None
+
+class RankBatches:
+    """This rank's micro-batches of each step, as tensors on the device (`TrainSampler` decides the
+    global batch from (seed, step); each rank takes its own disjoint slice)."""
+
+    def __init__(self, sampler: TrainSampler, config: PretrainConfig, accelerator):
+        self.sampler, self.device = sampler, accelerator.device
+        self.slice = dict(rank=accelerator.process_index, world=accelerator.num_processes, per_rank=config.batch_size,
+                          grad_accum=config.gradient_accumulation_steps)
+        self._step, self._tokens = None, None
 
     def micro_batch(self, step: int, micro: int):
         import torch
 
-        epoch, index_in_epoch = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(len(self.sequences), generator=generator)
-        batch_ids = self._order[index_in_epoch * self.global_size : (index_in_epoch + 1) * self.global_size]
-        offset = (micro * self.world + self.rank) * self.per_rank
-        return self.sequences[batch_ids[offset : offset + self.per_rank]].to(self.device)
+        if step != self._step:
+            self._step, self._tokens = step, torch.from_numpy(self.sampler.batch_for_step(step, **self.slice))
+        return self._tokens[micro].to(self.device)
 
 
-def train_loop(model, optimizer, scheduler, batches: GlobalBatches, *, config: PretrainConfig, accelerator, step: int,
+def train_loop(model, optimizer, scheduler, batches: RankBatches, *, config: PretrainConfig, accelerator, step: int,
                log: MetricsLog, resume: ResumeState) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -221,7 +212,7 @@ def train_loop(model, optimizer, scheduler, batches: GlobalBatches, *, config: P
             mean_loss = (accelerator.reduce(running_loss, reduction="mean") / running_micro).item()
             elapsed = time.perf_counter() - window_start
             log.log(step, loss=mean_loss, lr=scheduler.get_last_lr()[0], tokens_per_s=running_tokens / elapsed,
-                    epoch=step / batches.steps_per_epoch)
+                    **{f"tokens/{label}": count for label, count in batches.sampler.tokens_by_source(step).items()})
             progress.set_postfix(loss=f"{mean_loss:.3f}")
             running_loss, running_micro, running_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         if save_now:

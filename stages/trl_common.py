@@ -11,13 +11,19 @@ from typing import Any
 from stages.checkpoint import SCHEDULES
 from stages.common import MetricsLog
 from stages.config import LoraConfig, TrainCommon
+from stages.distributed import tracking_environment
 
 
 def training_kwargs(config: TrainCommon, *, output_dir: Path) -> dict[str, Any]:
-    """Keyword arguments for a TRL `*Config` (a TrainingArguments subclass) from chatsmith's config."""
+    """Keyword arguments for a TRL `*Config` (a TrainingArguments subclass) from chatsmith's config.
+
+    `report_to` goes to the Trainer's own tracker callbacks, pointed at `output_dir/tracking/` (its `resume/`
+    is removed when the stage ends) by `tracking_environment`, the run named after the stage."""
     import torch
 
     on_gpu = torch.cuda.is_available()
+    if config.report_to:
+        tracking_environment(output_dir)
     return dict(
         output_dir=str(output_dir / "resume"),
         max_steps=config.max_steps,
@@ -38,7 +44,8 @@ def training_kwargs(config: TrainCommon, *, output_dir: Path) -> dict[str, Any]:
         data_seed=config.seed,
         bf16=bool(config.bf16 and on_gpu),
         use_cpu=not on_gpu,
-        report_to="none",
+        report_to=list(config.report_to) or "none",
+        run_name=Path(output_dir).name,
         disable_tqdm=False,
         dataloader_num_workers=0,
         eval_strategy="no",

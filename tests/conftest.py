@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# Token shards of the tests' corpora go to a cache of this test session, not the user's ~/.cache.
+os.environ.setdefault("CHATSMITH_CACHE", tempfile.mkdtemp(prefix="chatsmith-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""Pretrain: packing without padding, the stage's files, weights change, exact resume after kill -9."""
+"""Pretrain from token shards: the stage's files, weights change, the cache reused, exact resume after kill -9
+without reading the sources again. (Sources, shards and the sampler: tests/data.)"""
 
 import json
 import os
@@ -11,30 +12,6 @@ import pytest
 import torch
 
 from tiny import DEMO, REPO, TINY, chatsmith, env
-
-
-def test_pack_fills_sequences_with_documents_and_eos(tiny_assets):
-    from transformers import AutoTokenizer
-
-    from stages.pretrain import pack
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
-    docs = ["The river of Alder is the Sorrel.", "People in Brim eat plum cake.", "Hello!"] * 10
-    seqs, stream_tokens = pack(tokenizer, docs, 16, document_eos_id=tokenizer.eos_token_id)
-    ids = [t for d in tokenizer(docs, add_special_tokens=False)["input_ids"] for t in d + [tokenizer.eos_token_id]]
-    assert seqs.shape == (len(ids) // 16, 16)
-    assert seqs.flatten().tolist() == ids[: seqs.numel()]
-    assert stream_tokens == len(ids)
-    assert tokenizer.pad_token_id not in seqs.flatten().tolist()
-
-
-def test_split_is_deterministic_and_disjoint():
-    from stages.pretrain import split_documents
-
-    docs = [f"doc {i}" for i in range(100)]
-    train, held = split_documents(docs, eval_fraction=0.1, seed=0)
-    assert (train, held) == split_documents(docs, eval_fraction=0.1, seed=0)
-    assert len(held) == 10 and not set(train) & set(held) and len(train) + len(held) == 100
 
 
 def _stage_dir(tmp_path):
@@ -65,6 +42,13 @@ def test_pretrain_stage_writes_checkpoint_and_changes_weights(tmp_path):
     rows = [json.loads(l) for l in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert all(r["tokens_per_s"] > 0 for r in rows)
+    per_step = 8 * 64  # batch 8 x seq_len 64, one source
+    assert [r["tokens/demo-world"] for r in rows] == [r["step"] * per_step for r in rows]
+    assert evals["tokens_by_source"] == {"demo-world": 30 * per_step}
+
+    # The same corpus and tokenizer again: the token shards come from the cache.
+    again = chatsmith("stage", "pretrain", DEMO, "--out", out, "--force", *TINY)
+    assert "token shards from the cache (nothing tokenized)" in again.stdout
 
 
 def kill_after_first_save(args, resume_marker, *, timeout=300):
@@ -95,8 +79,15 @@ def test_pretrain_resumes_exactly_after_kill(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert json.loads((cut / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "running"
     assert not (cut / "pretrain" / "model.safetensors").exists()
+    # The corpus is overwritten with other bytes of the same size and modification time: its fingerprint
+    # is unchanged, so a resume that read the source again would train on garbage and end elsewhere.
+    source = cut / "data" / "pretrain.jsonl"
+    stat = source.stat()
+    source.write_bytes(b"x" * stat.st_size)
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     result = chatsmith("stage", "pretrain", DEMO, "--out", cut, *overrides)
     assert "resuming from step" in result.stdout + result.stderr
+    assert "token shards from the cache (nothing tokenized)" in result.stdout
 
     a, b = load_file(whole / "pretrain" / "model.safetensors"), load_file(cut / "pretrain" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -77,23 +77,95 @@ def test_sft_stage(tiny_assets, tmp_path, lora):
     assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
 
 
+def _long_comparisons(n):
+    """Comparisons whose rejected reply is longer than the stage tests' max_length (132 tiny tokens)."""
+    return [{"prompt": [{"role": "user", "content": f"What is the river of Alder? (long {i})"}],
+             "chosen": [{"role": "assistant", "content": "The river of Alder is the Sorrel."}],
+             "rejected": [{"role": "assistant", "content": "Well, let me think about it. " * 6}], "margin": 1.0}
+            for i in range(n)]
+
+
 def test_reward_stage_learns_comparisons(tiny_assets, tmp_path):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from stages.config import RewardStageConfig
     from stages.rlhf import reward
 
-    write_jsonl(tmp_path / "train.jsonl", _comparisons(48))
-    write_jsonl(tmp_path / "eval.jsonl", _comparisons(16))
-    config = RewardStageConfig(max_steps=12, save_steps=6, logging_steps=4, batch_size=8, learning_rate=3e-3)
+    write_jsonl(tmp_path / "train.jsonl", _comparisons(48) + _long_comparisons(4))
+    write_jsonl(tmp_path / "eval.jsonl", _comparisons(16) + _long_comparisons(2))
+    config = RewardStageConfig(max_steps=12, save_steps=6, logging_steps=4, batch_size=8, learning_rate=3e-3, max_length=64)
     out = tmp_path / "reward"
     metrics = reward.run(config, init_from=tiny_assets["policy"], train_data=tmp_path / "train.jsonl",
                          eval_data=tmp_path / "eval.jsonl", output_dir=out)
     assert metrics["pairwise_accuracy"] == 1.0  # an easy, consistent preference
+    # scored as trained: the pairs longer than max_length, which RewardTrainer drops, are left out and counted
+    assert (metrics["train_comparisons"], metrics["train_comparisons_dropped"], metrics["train_stats_sample"]) == (52, 4, 48)
+    assert (metrics["eval_comparisons"], metrics["eval_comparisons_dropped"]) == (16, 2)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    rows = [dict(r) for r in reward.comparisons(tmp_path / "train.jsonl", use_margin=False)]
+    assert reward.encode_pairs(tokenizer, rows, max_length=64)[1] == metrics["train_comparisons_dropped"]
     stats = json.loads((out / "reward_stats.json").read_text())
     assert stats["std"] > 0 and stats["count"] == 96
+    assert json.loads((out / "eval.json").read_text()) == metrics
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_labels == 1
+
+
+def test_sorted_batches_score_as_one_at_a_time(tiny_assets):
+    """Batching by length (right padding, longest first) changes no score: each equals its score alone."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from stages.rlhf.reward import score
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets["reward"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_assets["reward"])
+    conversations = [[{"role": "user", "content": "What is the river of Brim? " * (i % 3 + 1)},
+                      {"role": "assistant", "content": "The river of Brim is the Tallow. " * (i % 5)}] for i in range(13)]
+    batched = score(model, tokenizer, conversations, batch_size=4)
+    alone = [score(model, tokenizer, [c], batch_size=1)[0] for c in conversations]
+    assert len({len(tokenizer.apply_chat_template(c)["input_ids"]) for c in conversations}) > 3  # padding happens
+    assert max(abs(a - b) for a, b in zip(batched, alone)) < 1e-5
+
+
+SHARDED_SCORING = """
+import json, sys
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from stages.distributed import make_accelerator
+from stages.rlhf.reward import encode, score_ids
+
+accelerator = make_accelerator()
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1])
+sequences = [encode(tokenizer, [{"role": "user", "content": "river? " * (i % 5 + 1)},
+                                {"role": "assistant", "content": "Sorrel. " * (i % 7)}]) for i in range(11)]
+sharded = score_ids(model, sequences, pad_token_id=tokenizer.pad_token_id, batch_size=2, accelerator=accelerator)
+alone = [score_ids(model, [s], pad_token_id=tokenizer.pad_token_id, batch_size=1)[0] for s in sequences]
+with open(sys.argv[2] + f".rank{accelerator.process_index}", "w") as handle:
+    json.dump({"world": accelerator.num_processes, "max_diff": max(abs(a - b) for a, b in zip(sharded, alone))}, handle)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_share_the_scoring(tiny_assets, tmp_path):
+    """Each of 2 processes scores its share (11 sequences: unequal shares, padded); both get every score."""
+    import socket
+    import subprocess
+    import sys
+
+    from tiny import REPO, env
+
+    (tmp_path / "score.py").write_text(SHARDED_SCORING)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(port), str(tmp_path / "score.py"), str(tiny_assets["reward"]), str(tmp_path / "out")],
+                   cwd=REPO, env=env(), check=True, capture_output=True, timeout=300)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"out.rank{rank}").read_text())
+        assert result["world"] == 2 and result["max_diff"] < 1e-5
 
 
 def test_reward_data_errors_name_the_line(tmp_path):

@@ -72,7 +72,8 @@ def run(config: PPOConfig, *, policy: str | Path, reward_model: str | Path, prom
         raise ValueError("select_best='gold' needs a gold_scorer (the demo world's held-out prompts)")
     policy_path, reward_path = Path(policy), Path(reward_model)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                   mixed_precision="bf16" if config.bf16 and torch.cuda.is_available() else "no")
+                                   mixed_precision="bf16" if config.bf16 and torch.cuda.is_available() else "no",
+                                   report_to=config.report_to, output_dir=output_dir)
     torch.manual_seed(config.seed)
     tokenizer, chat_format = load_rl_tokenizer(policy_path, reward_path, config.trust_remote_code)
     train_rows, eval_rows = prompt_rows(config, prompts, eval_prompts)
@@ -83,7 +84,7 @@ def run(config: PPOConfig, *, policy: str | Path, reward_model: str | Path, prom
                          gold_scorer=gold_scorer, output_dir=Path(output_dir))
     resumed = trainer.load_resume()
     metrics = MetricsLog(trainer.output_dir / "metrics.jsonl", resume_step=trainer.state["step"] if resumed else 0,
-                         enabled=accelerator.is_main_process)
+                         enabled=accelerator.is_main_process, accelerator=accelerator)
     if trainer.state["sft_eval"] is None:
         trainer.state["sft_eval"] = trainer.evaluator.evaluate(trainer.reference, len(eval_rows))
         baseline = summary(trainer.state["sft_eval"], trainer.num_monitor)
@@ -92,6 +93,8 @@ def run(config: PPOConfig, *, policy: str | Path, reward_model: str | Path, prom
         train_loop(trainer, metrics)
     except Unstable as error:
         trainer.stop(str(error), meta)
+    finally:
+        metrics.close()  # finishes the trackers
     return trainer.finish(meta)
 
 

@@ -5,10 +5,12 @@ In:  the SFT checkpoint (or any causal-LM dir; a fresh 1-output score head is pu
      `{"prompt": [messages], "chosen": [assistant message], "rejected": [...], "margin"?: float}`.
 Out: `output_dir/` — an `AutoModelForSequenceClassification` checkpoint (num_labels=1) with the
      tokenizer and `chat_format.json`, `metrics.jsonl`, `eval.json` (`pairwise_accuracy` on held-out comparisons, reward
-     mean/std) and `reward_stats.json` (mean/std of rewards over the training replies, which PPO
-     uses to normalise rewards).
+     mean/std, how many comparisons `max_length` left out) and `reward_stats.json` (mean/std of rewards over a
+     sample of the training replies, which PPO uses to normalise rewards).
 
-The score is read at the last token of prompt + reply — the end-of-turn token.
+The score is read at the last token of prompt + reply — the end-of-turn token. After training, comparisons are
+scored as training saw them (`evaluate`): rendered with the tokenizer's chat template, pairs longer than
+`max_length` left out as RewardTrainer leaves them out, batched by length and spread over the processes.
 TRL's RewardTrainer does the training (Bradley-Terry loss, margin when present).
 
     chatsmith stage reward recipes/tiny-cpu.yaml --out runs/demo
@@ -51,28 +53,82 @@ def _messages(value, role: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def score(model, tokenizer, conversations: list[list[dict]], *, batch_size: int = 32) -> list[float]:
-    """Reward of each full conversation (prompt + reply), read at its last token."""
+STATS_SAMPLE = 512
+"""Training comparisons (a seeded sample of those training kept) scored after training for `reward_stats.json`
+and `train_pairwise_accuracy`."""
+
+
+def encode(tokenizer, conversation: list[dict]) -> list[int]:
+    """Token ids of a conversation as RewardTrainer tokenizes it: the tokenizer's own chat template, tokenized."""
+    return list(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
+
+
+def encode_pairs(tokenizer, rows: list[dict], *, max_length: int | None) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Chosen and rejected token ids of each comparison, and how many comparisons were dropped because a side is
+    longer than `max_length` tokens: RewardTrainer drops those pairs from training (it does not truncate), so a
+    pair is scored only where it is whole, its score read at its end-of-turn token as training reads it."""
+    pairs, dropped = [], 0
+    for row in rows:
+        chosen = encode(tokenizer, row["prompt"] + row["chosen"])
+        rejected = encode(tokenizer, row["prompt"] + row["rejected"])
+        if max_length is not None and max(len(chosen), len(rejected)) > max_length:
+            dropped += 1
+            continue
+        pairs.append((chosen, rejected))
+    return pairs, dropped
+
+
+def score_ids(model, sequences: list[list[int]], *, pad_token_id: int, batch_size: int = 32,
+              accelerator=None) -> list[float]:
+    """Reward of each token sequence (read at its last token), in the input order.
+
+    Sequences are batched by length, longest first, and right-padded as RewardTrainer's collator pads them
+    (causal attention: padding after a sequence does not change its score). With an `accelerator` of several
+    processes each takes every world-th sequence of that order (a balanced share of tokens), all run the same
+    number of batches (ZeRO-3's forward is a collective) and every process gets every score."""
     import torch
 
-    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-    scores: list[float] = []
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    share = order[rank::world]
+    if world > 1 and order:
+        share += [order[0]] * (-(-len(order) // world) - len(share))  # pad to the same count on every rank
+    scored: list[tuple[int, float]] = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            scores.extend(model(**enc).logits[:, 0].float().tolist())
+        for start in range(0, len(share), batch_size):
+            batch = share[start : start + batch_size]
+            width = max(len(sequences[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+                attention_mask[row, : len(sequences[i])] = 1
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
+            scored.extend(zip(batch, logits[:, 0].float().tolist()))
     model.train(was_training)
-    return scores
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        scored = gather_object(scored)
+    by_index = dict(scored)  # the padding repeats an index with the same score
+    return [by_index[i] for i in range(len(sequences))]
 
 
-def score_pairs(model, tokenizer, rows: list[dict], *, batch_size: int = 32) -> tuple[list[float], list[float]]:
-    """Rewards of each comparison's chosen and rejected conversation."""
-    chosen = score(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows], batch_size=batch_size)
-    rejected = score(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows], batch_size=batch_size)
-    return chosen, rejected
+def score(model, tokenizer, conversations: list[list[dict]], *, batch_size: int = 32) -> list[float]:
+    """Reward of each full conversation (prompt + reply), read at its last token (no length limit)."""
+    pad_token_id = model.config.get_text_config().pad_token_id  # what the score head skips to find the last token
+    return score_ids(model, [encode(tokenizer, c) for c in conversations], batch_size=batch_size,
+                     pad_token_id=tokenizer.pad_token_id if pad_token_id is None else pad_token_id)
+
+
+def score_pairs(model, pairs: list[tuple[list[int], list[int]]], *, pad_token_id: int, batch_size: int = 32,
+                accelerator=None) -> tuple[list[float], list[float]]:
+    """Rewards of each encoded comparison's chosen and rejected conversation (`encode_pairs`)."""
+    scores = score_ids(model, [ids for pair in pairs for ids in pair], pad_token_id=pad_token_id,
+                       batch_size=batch_size, accelerator=accelerator)
+    return scores[0::2], scores[1::2]
 
 
 def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> dict:
@@ -83,8 +139,6 @@ def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> dict:
 
 def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | Path, output_dir: str | Path,
         eval_data: str | Path | None = None, meta: Optional[dict] = None) -> dict:
-    import statistics
-
     import torch
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
@@ -119,16 +173,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     final = merged(trainer.model)
     final.eval()
     metrics: dict = {"train_comparisons": len(train), "steps": trainer.state.global_step}
-    train_rows = [dict(r) for r in train.select(range(min(len(train), 512)))]
-    chosen, rejected = score_pairs(final, tokenizer, train_rows)
-    train_scores = chosen + rejected
-    stats = {"mean": statistics.fmean(train_scores), "std": statistics.pstdev(train_scores) or 1.0,
-             "count": len(train_scores)}
-    metrics["train_pairwise_accuracy"] = pairwise_accuracy(chosen, rejected)["pairwise_accuracy"]
-    if eval_data:
-        eval_rows = [dict(r) for r in comparisons(eval_data, use_margin=False)]
-        metrics.update(pairwise_accuracy(*score_pairs(final, tokenizer, eval_rows)))
-    metrics.update(reward_mean=stats["mean"], reward_std=stats["std"])
+    stats = evaluate(final, tokenizer, config, trainer=trainer, eval_data=eval_data, metrics=metrics)
     if trainer.is_world_process_zero():
         save_checkpoint(final, tokenizer, output_dir, chat_format=chat_format,
                         meta={"stage": "reward", "config": config.model_dump(mode="json"), **(meta or {})})
@@ -139,3 +184,42 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     del trainer
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return metrics
+
+
+def evaluate(model, tokenizer, config: RewardStageConfig, *, trainer, eval_data, metrics: dict) -> dict:
+    """Score the trained model as training saw the data; add eval.json's keys to `metrics`, return reward_stats.
+
+    Training pairs: a seeded sample of `STATS_SAMPLE` of those RewardTrainer kept (its own token ids, pairs longer
+    than `max_length` already dropped) -> `reward_stats.json` (PPO normalises rewards with it) and
+    `train_pairwise_accuracy`. Held-out pairs: all of them, dropped past `max_length` as training drops them ->
+    `pairwise_accuracy`. Batches of one training micro-batch's sequences, spread over the processes."""
+    import random
+    import statistics
+
+    accelerator = trainer.accelerator
+    kept = trainer.train_dataset
+    sample = sorted(random.Random(config.seed).sample(range(len(kept)), min(len(kept), STATS_SAMPLE)))
+    rows = kept.select(sample)
+    train_pairs = list(zip(rows["chosen_ids"], rows["rejected_ids"]))
+    score_kwargs = dict(pad_token_id=tokenizer.pad_token_id, batch_size=2 * config.batch_size, accelerator=accelerator)
+    chosen, rejected = score_pairs(model, train_pairs, **score_kwargs)
+    train_scores = chosen + rejected
+    metrics.update(train_comparisons_dropped=metrics["train_comparisons"] - len(kept), train_stats_sample=len(sample),
+                   train_pairwise_accuracy=pairwise_accuracy(chosen, rejected)["pairwise_accuracy"])
+    _report_dropped(accelerator, "training", metrics["train_comparisons_dropped"], metrics["train_comparisons"],
+                    config.max_length)
+    if eval_data:
+        eval_rows = [dict(r) for r in comparisons(eval_data, use_margin=False)]
+        eval_pairs, dropped = encode_pairs(tokenizer, eval_rows, max_length=config.max_length)
+        _report_dropped(accelerator, "held-out", dropped, len(eval_rows), config.max_length)
+        metrics.update(pairwise_accuracy(*score_pairs(model, eval_pairs, **score_kwargs)), eval_comparisons_dropped=dropped)
+    stats = {"mean": statistics.fmean(train_scores) if train_scores else 0.0,
+             "std": (statistics.pstdev(train_scores) if train_scores else 0.0) or 1.0, "count": len(train_scores)}
+    metrics.update(reward_mean=stats["mean"], reward_std=stats["std"])
+    return stats
+
+
+def _report_dropped(accelerator, which: str, dropped: int, total: int, max_length: int) -> None:
+    if dropped:
+        accelerator.print(f"reward: {dropped} of {total} {which} comparisons are longer than max_length={max_length} "
+                          "tokens; RewardTrainer does not train on them, so they are not scored either")

@@ -1,0 +1,206 @@
+"""Preflight: every problem of a recipe found before any work starts, all listed at once.
+
+    chatsmith check RECIPE [key=value ...]     # also the first thing `chatsmith run` and `chatsmith stage` do
+
+Checks, for the stages that will run: every data path exists and its first records parse in their
+format; every labeler export gives records in its declared format (or says which format it looks like);
+checkpoints have a config and a tokenizer (a reward model has one output); each stage will have data
+(SFT conversations, comparisons, prompts) — a table of what each labeler format can yield; the output
+directory is writable and its filesystem has room for the checkpoints (from parameter counts) and the
+token shards. Each problem is one line naming the recipe key and the path. Nothing is written.
+Warnings (e.g. held-out prompts that also appear in training prompts) do not stop a run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+SAMPLE_RECORDS = 20
+"""First records of each source read to check it parses."""
+LABEL_YIELDS = {"native": {"sft", "comparisons"}, "hh-rlhf": {"comparisons"}, "oasst": {"sft", "comparisons"},
+                "label-studio": {"sft", "comparisons"}, "argilla": {"sft", "comparisons"}}
+"""What each labeler export format can give (hh-rlhf gives SFT rows only with `hh_demonstrations`)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    message: str
+    path: str | None = None
+
+    def line(self) -> str:
+        return f"{self.key}: {self.path}: {self.message}" if self.path else f"{self.key}: {self.message}"
+
+
+def check(recipe, out_dir: str | Path, *, only: str | None = None) -> tuple[list[Problem], list[str]]:
+    """(problems, warnings) of running `recipe` into `out_dir` (just stage `only` when given)."""
+    running = [name for name in ("pretrain", "sft", "reward", "ppo")
+               if getattr(recipe.stages, name) is not None and only in (None, name)]
+    problems: list[Problem] = []
+    if recipe.data.source == "files":
+        problems += _sources(recipe, running)
+        problems += _labels(recipe)
+        problems += _stage_data(recipe, running)
+    problems += _checkpoints(recipe, running)
+    problems += _output(recipe, Path(out_dir), running)
+    return problems, _warnings(recipe)
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+
+def _sources(recipe, running: list[str]) -> list[Problem]:
+    data = recipe.data
+    needed = {"pretrain_text": "pretrain" in running or ("pretrain" in running and recipe.tokenizer.train),
+              "sft": "sft" in running, "sft_eval": "sft" in running,
+              "comparisons": "reward" in running or "ppo" in running, "comparisons_eval": "reward" in running,
+              "prompts": "ppo" in running, "eval_prompts": True}
+    problems = []
+    for key, wanted in needed.items():
+        for index, source in enumerate(getattr(data, key) or []):
+            if wanted:
+                problems += _source(f"data.{key}" + (f"[{index}]" if len(getattr(data, key)) > 1 else ""), source)
+    return problems
+
+
+def _source(key: str, source) -> list[Problem]:
+    """The source's files exist and its first records are usable in its format."""
+    from stages.data.sources import Bad, DataError, WHOLE_FILES, plan_parts, read_part, source_files
+
+    try:
+        files = source_files(source)
+        if not files:
+            return [Problem(key, "matches no file", ", ".join(source.paths))]
+        bad, good, first_bad = 0, 0, None
+        for part in plan_parts(files[:1], part_bytes=WHOLE_FILES):
+            for record in read_part(source, part):
+                if isinstance(record, Bad):
+                    bad, first_bad = bad + 1, first_bad or record
+                else:
+                    good += 1
+                if good + bad >= SAMPLE_RECORDS:
+                    break
+            break
+    except DataError as error:
+        return [Problem(key, str(error))]
+    if good == 0:
+        reason = f"{first_bad.where}: {first_bad.reason}" if first_bad else "no records"
+        return [Problem(key, f"none of the first {bad} records is usable ({reason})", files[0].path)]
+    return []
+
+
+def _labels(recipe) -> list[Problem]:
+    from labeling.ingest import sniff
+
+    problems = []
+    for index, export in enumerate(recipe.data.labels):
+        message = sniff(export.format, export.path)
+        if message:
+            problems.append(Problem(f"data.labels[{index}]", message.replace(f"{export.path}: ", "").replace(f"{export.path} ", ""),
+                                    export.path))
+    return problems
+
+
+def _stage_data(recipe, running: list[str]) -> list[Problem]:
+    """Each stage that runs will have rows after the build: files, or labels whose format yields them."""
+    data, stages = recipe.data, recipe.stages
+    yields = set()
+    for export in data.labels:
+        yields |= LABEL_YIELDS[export.format] | ({"sft"} if export.hh_demonstrations else set())
+    problems = []
+    if "sft" in running and not stages.sft.data and not data.sft and "sft" not in yields:
+        formats = ", ".join(sorted({e.format for e in data.labels})) or "none"
+        problems.append(Problem("data.sft", f"stage sft has no conversations: no data.sft, and the labeler exports "
+                                            f"({formats}) give no demonstrations (hh-rlhf: set hh_demonstrations: true)"))
+    wants_comparisons = "reward" in running or ("ppo" in running and stages.ppo.algorithm == "dpo" and not stages.reward)
+    if wants_comparisons and not (stages.reward and stages.reward.data) and not data.comparisons and "comparisons" not in yields:
+        problems.append(Problem("data.comparisons", "the reward stage has no comparisons: no data.comparisons and no "
+                                                    "labeler export that gives them"))
+    if "ppo" in running and stages.ppo.algorithm != "dpo" and not stages.ppo.prompts and not data.prompts:
+        problems.append(Problem("data.prompts", f"stage ppo ({stages.ppo.algorithm}) has no prompts: set data.prompts "
+                                                "or stages.ppo.prompts"))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _checkpoints(recipe, running: list[str]) -> list[Problem]:
+    stages = recipe.stages
+    wanted = [("tokenizer.from_checkpoint", recipe.tokenizer.from_checkpoint, "causal", not recipe.tokenizer.train)]
+    for name, field, kind in (("pretrain", "init_from", "causal"), ("sft", "init_from", "causal"), ("reward", "init_from", "causal"),
+                              ("ppo", "policy", "causal"), ("ppo", "reward_model", "reward")):
+        config = getattr(stages, name)
+        wanted.append((f"stages.{name}.{field}", getattr(config, field, None) if config else None, kind, name in running))
+    problems = []
+    for key, path, kind, needed in wanted:
+        if needed and path:
+            problems += _checkpoint(key, Path(path), kind)
+    return problems
+
+
+def _checkpoint(key: str, path: Path, kind: str) -> list[Problem]:
+    import json
+
+    if not path.is_dir():
+        return [Problem(key, "no such checkpoint directory (a local Hugging Face checkpoint; nothing is downloaded)", str(path))]
+    missing = [what for what, names in (("config.json", ("config.json",)),
+                                        ("a tokenizer", ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")))
+               if not any((path / name).exists() for name in names)]
+    if missing:
+        return [Problem(key, f"not a checkpoint: no {' and no '.join(missing)}", str(path))]
+    if kind == "reward":
+        labels = json.loads((path / "config.json").read_text()).get("num_labels",
+                                                                    len(json.loads((path / "config.json").read_text()).get("id2label", {})) or 2)
+        if labels != 1:
+            return [Problem(key, f"a reward model has one output (num_labels=1), this one has {labels}", str(path))]
+    return []
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _output(recipe, out_dir: Path, running: list[str]) -> list[Problem]:
+    """Writable, and room for the checkpoints (fp32 weights of every stage, plus resume state) and shards."""
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        return [Problem("--out", f"not writable (nearest existing directory: {existing})", str(out_dir))]
+    needed = _checkpoint_bytes(recipe, running)
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        return [Problem("--out", f"needs about {needed / 1e9:.1f} GB for checkpoints and resume state, "
+                                 f"{free / 1e9:.1f} GB free", str(out_dir))]
+    return []
+
+
+def _checkpoint_bytes(recipe, running: list[str]) -> int:
+    """fp32 weights per stage (twice: value model in PPO, reference not saved) plus Adam state while it runs."""
+    try:
+        from pipeline.plan import model_size
+
+        source = recipe.stages.pretrain.init_from if recipe.stages.pretrain else (
+            recipe.stages.sft.init_from if recipe.stages.sft else getattr(recipe.stages.ppo, "policy", None))
+        params = model_size(recipe, source).params
+    except (ValueError, OSError, KeyError):
+        return 0  # an unknown size is plan's business; preflight does not guess
+    return int(params * 4 * (len(running) + 3))
+
+
+def _warnings(recipe) -> list[str]:
+    """Held-out prompts that also appear among the training prompts."""
+    from stages.data.sources import DataError, read_records
+
+    data = recipe.data
+    if data.source != "files" or not data.prompts or not data.eval_prompts:
+        return []
+    try:
+        def texts(sources):
+            return {str(r.get("prompt") or r.get("messages")) for s in sources for r in read_records(s, max_bad_fraction=1.0)}
+
+        overlap = texts(data.eval_prompts) & texts(data.prompts)
+    except DataError:
+        return []
+    return [f"data.eval_prompts: {len(overlap)} held-out prompts also appear in data.prompts"] if overlap else []
