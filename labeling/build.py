@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from labeling.ingest import read_records
+from labeling.readers import json_objects
 from labeling.schema import Comparison, Demonstration, Rewrite, content_id, split_key
 
 MARGIN_SCALE = "overall"
@@ -139,33 +140,23 @@ def _as_messages(value, role: str, where: str) -> list[dict]:
 
 def _plain_units(source: Source) -> Iterator[Unit]:
     """Rows of a plain training file, checked (a bad row is the user's own file: an error naming it)."""
-    with open(source.path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{source.path}:{number}"
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"{where}: not JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            if source.kind == "sft":
-                messages = _as_messages(row.get("messages"), "user", where)
-                if messages[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in messages):
-                    raise ValueError(f"{where}: a conversation needs `messages` with a user turn, ending with an assistant turn")
-                out = {"messages": messages}
-                yield Unit("conversation", split_key(messages[:-1]), _digest(out), [out], [])
-            else:
-                missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
-                if missing:
-                    raise ValueError(f"{where}: a comparison needs {', '.join(missing)}")
-                out = {"prompt": _as_messages(row["prompt"], "user", where),
-                       "chosen": _as_messages(row["chosen"], "assistant", where),
-                       "rejected": _as_messages(row["rejected"], "assistant", where)}
-                if "margin" in row:
-                    out["margin"] = float(row["margin"])
-                yield Unit("pair", split_key(out["prompt"]), _digest(out), [], [out])
+    for where, row in json_objects(source.path):
+        if source.kind == "sft":
+            messages = _as_messages(row.get("messages"), "user", where)
+            if messages[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in messages):
+                raise ValueError(f"{where}: a conversation needs `messages` with a user turn, ending with an assistant turn")
+            out = {"messages": messages}
+            yield Unit("conversation", split_key(messages[:-1]), _digest(out), [out], [])
+        else:
+            missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+            if missing:
+                raise ValueError(f"{where}: a comparison needs {', '.join(missing)}")
+            out = {"prompt": _as_messages(row["prompt"], "user", where),
+                   "chosen": _as_messages(row["chosen"], "assistant", where),
+                   "rejected": _as_messages(row["rejected"], "assistant", where)}
+            if "margin" in row:
+                out["margin"] = float(row["margin"])
+            yield Unit("pair", split_key(out["prompt"]), _digest(out), [], [out])
 
 
 def _digest(row: dict) -> str:

@@ -133,6 +133,24 @@ def iter_json_elements(path: Path) -> Iterator[tuple[int, bytes, Any, Item | Non
             yield index, raw, element, None
 
 
+def json_objects(path) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every non-blank line of a user's own JSONL file, `where` = "PATH:LINE".
+
+    Unlike the readers, a bad line is an error naming it (ValueError), not a rejection."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{where}: not JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            yield where, row
+
+
 # ---------------------------------------------------------------------------------------------
 # native
 

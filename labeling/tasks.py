@@ -32,10 +32,10 @@ import hashlib
 import json
 import string
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from xml.sax.saxutils import quoteattr
 
-from labeling.readers import LS_EMAIL_DOMAIN
+from labeling.readers import LS_EMAIL_DOMAIN, json_objects
 from labeling.schema import FLAGS, ComparisonTask, WritingTask, guideline_version
 
 RANKER_NAME, LIST_NAME = "rank", "replies"
@@ -153,6 +153,66 @@ def _ls_results(task: ComparisonTask, judgment: Mapping) -> list[dict]:
     return results
 
 
+def _ls_annotation(annotation_id: int, task_index: int, annotator: str, user: int, judgment: Mapping,
+                   result: list[dict]) -> dict:
+    """One annotation of a Label Studio JSON export, by `annotator` (user number `user`)."""
+    return {
+        "id": annotation_id,
+        "completed_by": {"id": user, "email": annotator if "@" in annotator else annotator + LS_EMAIL_DOMAIN,
+                         "first_name": "", "last_name": ""},
+        "result": result,
+        "was_cancelled": bool(judgment.get("was_cancelled", False)),
+        "ground_truth": False,
+        "created_at": _EPOCH, "updated_at": _EPOCH,
+        "draft_created_at": None,
+        "lead_time": float(judgment.get("lead_time", 0.0)),
+        "prediction": {}, "result_count": 0, "unique_id": _result_id("annotation", annotation_id),
+        "import_id": None, "last_action": None, "bulk_created": False,
+        "task": task_index, "project": 1, "updated_by": user, "parent_prediction": None,
+        "parent_annotation": None, "last_created_by": None,
+    }
+
+
+def _ls_task(index: int, annotations: list[dict], data: dict) -> dict:
+    """One task of a Label Studio JSON export, with its annotations."""
+    return {
+        "id": index,
+        "annotations": annotations,
+        "file_upload": "label_studio_import.json",
+        "drafts": [], "predictions": [],
+        "data": data,
+        "meta": {},
+        "created_at": _EPOCH, "updated_at": _EPOCH,
+        "inner_id": index,
+        "total_annotations": sum(not a["was_cancelled"] for a in annotations),
+        "cancelled_annotations": sum(a["was_cancelled"] for a in annotations),
+        "total_predictions": 0, "comment_count": 0, "unresolved_comment_count": 0,
+        "last_comment_updated_at": None, "project": 1, "updated_by": None, "comment_authors": [],
+    }
+
+
+def _write_ls_export(tasks: Sequence, judgments, path, data: Callable[[Any], dict],
+                     results: Callable[[Any, Mapping], list[dict]]) -> Path:
+    """Write `tasks` (ComparisonTask or WritingTask) as a Label Studio JSON export: `data(task)` is a
+    task's data, `results(task, judgment)` an annotation's results (not asked of a cancelled one)."""
+    if not isinstance(judgments, Mapping):
+        judgments = {t.task_id: list(j or []) for t, j in zip(tasks, judgments, strict=True)}
+    out, users, annotation_id = [], {}, 0
+    for index, task in enumerate(tasks, start=1):
+        annotations = []
+        for judgment in judgments.get(task.task_id, []):
+            annotation_id += 1
+            annotator = str(judgment["annotator"])
+            user = users.setdefault(annotator, len(users) + 1)
+            result = [] if judgment.get("was_cancelled", False) else results(task, judgment)
+            annotations.append(_ls_annotation(annotation_id, index, annotator, user, judgment, result))
+        out.append(_ls_task(index, annotations, data(task)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
 def label_studio_export(tasks: Sequence[ComparisonTask | Mapping], judgments, path) -> Path:
     """Write a Label Studio JSON export of `tasks` as annotated by labelers.
 
@@ -162,52 +222,7 @@ def label_studio_export(tasks: Sequence[ComparisonTask | Mapping], judgments, pa
      "lead_time": seconds?, "was_cancelled": bool?}.
     The file has the shape of Label Studio's "JSON" export: a list of tasks, each with `id`,
     `data`, `annotations` (with `completed_by`, `result`, `was_cancelled`, `lead_time`, ...)."""
-    tasks = [as_task(t) for t in tasks]
-    if not isinstance(judgments, Mapping):
-        judgments = {t.task_id: list(j or []) for t, j in zip(tasks, judgments, strict=True)}
-    users: dict[str, int] = {}
-    annotation_id = 0
-    out = []
-    for index, task in enumerate(tasks, start=1):
-        annotations = []
-        for judgment in judgments.get(task.task_id, []):
-            annotation_id += 1
-            annotator = str(judgment["annotator"])
-            user = users.setdefault(annotator, len(users) + 1)
-            cancelled = bool(judgment.get("was_cancelled", False))
-            annotations.append({
-                "id": annotation_id,
-                "completed_by": {"id": user, "email": annotator if "@" in annotator else annotator + LS_EMAIL_DOMAIN,
-                                 "first_name": "", "last_name": ""},
-                "result": [] if cancelled else _ls_results(task, judgment),
-                "was_cancelled": cancelled,
-                "ground_truth": False,
-                "created_at": _EPOCH, "updated_at": _EPOCH,
-                "draft_created_at": None,
-                "lead_time": float(judgment.get("lead_time", 0.0)),
-                "prediction": {}, "result_count": 0, "unique_id": _result_id("annotation", annotation_id),
-                "import_id": None, "last_action": None, "bulk_created": False,
-                "task": index, "project": 1, "updated_by": user, "parent_prediction": None,
-                "parent_annotation": None, "last_created_by": None,
-            })
-        out.append({
-            "id": index,
-            "annotations": annotations,
-            "file_upload": "label_studio_import.json",
-            "drafts": [], "predictions": [],
-            "data": _ls_data(task),
-            "meta": {},
-            "created_at": _EPOCH, "updated_at": _EPOCH,
-            "inner_id": index,
-            "total_annotations": sum(not a["was_cancelled"] for a in annotations),
-            "cancelled_annotations": sum(a["was_cancelled"] for a in annotations),
-            "total_predictions": 0, "comment_count": 0, "unresolved_comment_count": 0,
-            "last_comment_updated_at": None, "project": 1, "updated_by": None, "comment_authors": [],
-        })
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return path
+    return _write_ls_export([as_task(t) for t in tasks], judgments, path, _ls_data, _ls_results)
 
 
 def read_prompts(path) -> list[list[dict]]:
@@ -395,19 +410,7 @@ def _answer_row(row: dict, where: str) -> dict:
 def read_answers(path) -> list[dict]:
     """Answer rows from JSONL: {"prompt" | "messages", "answer" | "greedy" | "reply", "reward" | "score"?,
     "flags"?, "model"?, "split"?} (the shape of RUN/STAGE/eval_answers.jsonl)."""
-    path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except ValueError as err:
-                    raise ValueError(f"{path}:{number}: not JSON ({err})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number}: expected a JSON object")
-                rows.append(_answer_row(row, f"{path}:{number}"))
-    return rows
+    return [_answer_row(row, where) for where, row in json_objects(Path(path))]
 
 
 def worst_answers(rows: Sequence[Mapping], n: int | None, *, where: str = "the answers") -> tuple[list[dict], dict]:
@@ -461,55 +464,26 @@ def tasks_from_eval(run, out_dir, *, worst: int | None, stage: str | None = None
     return summary
 
 
+def _writing_results(task: WritingTask, judgment: Mapping) -> list[dict]:
+    """The results of one answer to a writing task: the text box, and the flags of a rewrite."""
+    annotator = str(judgment["annotator"])
+    box, target = (REPLY_BOX, "prompt") if task.mode == "demonstration" else (REWRITE_BOX, ORIGINAL_NAME)
+    result = [{"id": _result_id(task.task_id, annotator, box), "from_name": box, "to_name": target,
+               "type": "textarea", "origin": "manual", "value": {"text": [judgment["text"]]}}]
+    if judgment.get("flags"):
+        result.append({"id": _result_id(task.task_id, annotator, FLAGS_NAME), "from_name": FLAGS_NAME,
+                       "to_name": ORIGINAL_NAME, "type": "choices", "origin": "manual",
+                       "value": {"choices": list(judgment["flags"])}})
+    return result
+
+
 def label_studio_writing_export(tasks: Sequence[WritingTask | Mapping], judgments, path) -> Path:
     """Write a Label Studio JSON export of writing tasks as labelers answered them.
 
     `judgments`: {task_id: [annotation, ...]} or a list parallel to `tasks`; an annotation is
     {"annotator": str, "text": str, "flags": [flag, ...]? (rewrite), "lead_time"?, "was_cancelled"?}.
     Each answer is a `textarea` result {"value": {"text": [text]}} from the config's box."""
-    tasks = [as_writing_task(t) for t in tasks]
-    if not isinstance(judgments, Mapping):
-        judgments = {t.task_id: list(j or []) for t, j in zip(tasks, judgments, strict=True)}
-    out, users, annotation_id = [], {}, 0
-    for index, task in enumerate(tasks, start=1):
-        box, target = (REPLY_BOX, "prompt") if task.mode == "demonstration" else (REWRITE_BOX, ORIGINAL_NAME)
-        annotations = []
-        for judgment in judgments.get(task.task_id, []):
-            annotation_id += 1
-            annotator = str(judgment["annotator"])
-            user = users.setdefault(annotator, len(users) + 1)
-            cancelled = bool(judgment.get("was_cancelled", False))
-            result = []
-            if not cancelled:
-                result.append({"id": _result_id(task.task_id, annotator, box), "from_name": box, "to_name": target,
-                               "type": "textarea", "origin": "manual", "value": {"text": [judgment["text"]]}})
-                if judgment.get("flags"):
-                    result.append({"id": _result_id(task.task_id, annotator, FLAGS_NAME), "from_name": FLAGS_NAME,
-                                   "to_name": ORIGINAL_NAME, "type": "choices", "origin": "manual",
-                                   "value": {"choices": list(judgment["flags"])}})
-            annotations.append({
-                "id": annotation_id,
-                "completed_by": {"id": user, "email": annotator if "@" in annotator else annotator + LS_EMAIL_DOMAIN,
-                                 "first_name": "", "last_name": ""},
-                "result": result, "was_cancelled": cancelled, "ground_truth": False,
-                "created_at": _EPOCH, "updated_at": _EPOCH, "draft_created_at": None,
-                "lead_time": float(judgment.get("lead_time", 0.0)), "prediction": {}, "result_count": 0,
-                "unique_id": _result_id("annotation", annotation_id), "import_id": None, "last_action": None,
-                "bulk_created": False, "task": index, "project": 1, "updated_by": user, "parent_prediction": None,
-                "parent_annotation": None, "last_created_by": None,
-            })
-        out.append({
-            "id": index, "annotations": annotations, "file_upload": "label_studio_import.json", "drafts": [],
-            "predictions": [], "data": _writing_data(task), "meta": {}, "created_at": _EPOCH, "updated_at": _EPOCH,
-            "inner_id": index, "total_annotations": sum(not a["was_cancelled"] for a in annotations),
-            "cancelled_annotations": sum(a["was_cancelled"] for a in annotations), "total_predictions": 0,
-            "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None, "project": 1,
-            "updated_by": None, "comment_authors": [],
-        })
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return path
+    return _write_ls_export([as_writing_task(t) for t in tasks], judgments, path, _writing_data, _writing_results)
 
 
 __all__ = ["write_tasks", "label_studio_export", "label_studio_config", "sample_tasks", "read_prompts", "as_task",

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 
+from test_readers import _check_counts as _check_read_counts
+from test_readers import _lines
+
 from labeling.cli import main
 from labeling.ingest import ingest
 
 
-def _lines(path):
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def _check_counts(summary):
-    assert summary["read"] == summary["accepted"] + summary["rejected"]
-    assert sum(summary["reasons"].values()) == summary["rejected"]
+    _check_read_counts(summary)
     assert sum(summary["kinds"].values()) == summary["accepted"]
 
 
