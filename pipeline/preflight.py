@@ -177,16 +177,24 @@ def _output(recipe, out_dir: Path, running: list[str]) -> list[Problem]:
 
 
 def _checkpoint_bytes(recipe, running: list[str]) -> int:
-    """fp32 weights per stage (twice: value model in PPO, reference not saved) plus Adam state while it runs."""
-    try:
-        from pipeline.plan import model_size
-
-        source = recipe.stages.pretrain.init_from if recipe.stages.pretrain else (
-            recipe.stages.sft.init_from if recipe.stages.sft else getattr(recipe.stages.ppo, "policy", None))
-        params = model_size(recipe, source).params
-    except (ValueError, OSError, KeyError):
-        return 0  # an unknown size is plan's business; preflight does not guess
-    return int(params * 4 * (len(running) + 3))
+    """fp32 weights per stage that runs, plus Adam state (2 x weights) and a second copy while it saves.
+    Parameters from the starting checkpoint's weight files, else the recipe's architecture (no transformers
+    import: preflight stays fast)."""
+    stages = recipe.stages
+    start = next((p for p in (getattr(stages.pretrain, "init_from", None) if stages.pretrain else None,
+                              getattr(stages.sft, "init_from", None) if stages.sft else None,
+                              getattr(stages.ppo, "policy", None) if stages.ppo else None) if p), None)
+    if start and Path(start).is_dir():
+        weights = sum(f.stat().st_size for f in Path(start).glob("*.safetensors"))
+        params = weights // 2 if weights else 0  # assume bf16 on disk: an upper bound for fp32 below
+    elif stages.pretrain and not start:
+        arch = stages.pretrain.model
+        kv = (arch.num_key_value_heads or arch.num_attention_heads) / arch.num_attention_heads
+        per_layer = arch.hidden_size ** 2 * (2 + 2 * kv) + 3 * arch.hidden_size * arch.intermediate_size
+        params = arch.num_hidden_layers * per_layer + recipe.tokenizer.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
+    else:
+        return 0  # a checkpoint that is not here: its own problem line says so
+    return int(params * 4 * (len(running) + 4))
 
 
 def _warnings(recipe) -> list[str]:
