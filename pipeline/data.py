@@ -29,13 +29,39 @@ def config_sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def cache_root(run) -> Path:
+    from stages.data import default_cache_dir
+
+    return Path(run.recipe.data.cache_dir).expanduser() if run.recipe.data.cache_dir else default_cache_dir()
+
+
 def pretrain_sources(run) -> list:
-    """The pretraining text sources: the demo world's generated file, or `data.pretrain_text`."""
+    """The pretraining text sources: `data.pretrain_text`, or the demo world's documents."""
     from stages.data.sources import Source
 
-    if run.demo is not None:
-        return [Source(paths=[str(run.data_path("pretrain.jsonl"))], name="demo-world")]
-    return list(run.recipe.data.pretrain_text or [])
+    if run.demo is None:
+        return list(run.recipe.data.pretrain_text or [])
+    return [Source(paths=[str(demo_corpus(run))], name="demo-world")]
+
+
+def demo_corpus(run) -> Path:
+    """The demo world's documents as a corpus file named by its content, beside the token shards, with a fixed
+    modification time: the same world gives the same file (and fingerprint) for every run directory, so its
+    shards are reused and a copied or moved run directory still matches its lineage."""
+    import os
+    import shutil
+
+    from stages.checkpoint import sha256_file
+
+    generated = run.data_path("pretrain.jsonl")
+    corpus = cache_root(run).parent / "demo-corpus" / f"{sha256_file(generated)[:32]}.jsonl"
+    if not corpus.exists():
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        tmp = corpus.with_name(corpus.name + ".tmp")
+        shutil.copyfile(generated, tmp)
+        os.utime(tmp, (946684800, 946684800))  # 2000-01-01: a content-named file needs no real time
+        os.replace(tmp, corpus)
+    return corpus
 
 
 def sources_fingerprint(run) -> Path:
@@ -125,13 +151,13 @@ def ingest_labels(run, fmt: str, export: Path, *, eval_fraction: float, tasks: P
 
 def ensure_corpus(run) -> Path:
     """Token shards of the pretraining text (tokenized now unless the cache has them) and DIR/data/corpus.json."""
-    from stages.data import default_cache_dir, tokenize_sources
+    from stages.data import tokenize_sources
 
     data, pretrain = run.recipe.data, run.recipe.stages.pretrain
     sources = pretrain_sources(run)
     if not sources:
         raise DataError("data.pretrain_text: the pretrain stage needs pretraining text")
-    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache_dir()
+    cache_dir = cache_root(run)
     tokenizer_dir = run.dir / "tokenizer"
     document_eos = _document_eos_id(tokenizer_dir)
     shards = tokenize_sources(sources, tokenizer_dir, cache_dir, num_workers=data.tokenize_workers,

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_pretrain_resumes_exactly_after_kill(tmp_path):
     assert not (cut / "pretrain" / "model.safetensors").exists()
     # The corpus is overwritten with other bytes of the same size and modification time: its fingerprint
     # is unchanged, so a resume that read the source again would train on garbage and end elsewhere.
-    source = cut / "data" / "pretrain.jsonl"
+    source = Path(json.loads((cut / "data" / "corpus.json").read_text())["sources"][0]["paths"][0])
     stat = source.stat()
     source.write_bytes(b"x" * stat.st_size)
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
