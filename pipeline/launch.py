@@ -88,7 +88,9 @@ def run_command(args, recipe: Recipe, out_dir: str) -> int:
         return 0
     from pipeline.report import stage_table, write_report
 
-    report = write_report(run.dir, recipe_name=recipe.name, samples=recipe.eval.report_samples)
+    report = run.dir / "report.md"
+    if run.ran or not report.exists():  # a no-op re-run keeps the report (writing it loads models)
+        report = write_report(run.dir, recipe_name=recipe.name, samples=recipe.eval.report_samples)
     print()
     print(stage_table(run.dir))
     print(f"\nreport: {report}\nchat:   chatsmith chat {run.dir / 'ppo' if recipe.stages.ppo else run.dir / 'sft'}")

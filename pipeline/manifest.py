@@ -2,6 +2,10 @@
 
 The lineage of every checkpoint back to its data: a stage's inputs include its parent checkpoint
 with its hash, and the data files with theirs. Written atomically after every change.
+
+Hashes are remembered with the names, sizes and modification times of the files they cover
+(`hashes` in manifest.json): a no-op re-run stats the inputs instead of reading them again (a
+checkpoint of a 7B model is 15 GB to hash). Any change of size or time re-hashes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _stamp(path: Path) -> list:
+    """What a remembered hash of `path` is valid for: its files' names, sizes and modification times."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [[str(f.relative_to(path)) if f != path else "", f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 class Manifest:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / "manifest.json"
@@ -26,6 +36,20 @@ class Manifest:
         if self.path.exists():
             self.data = json.loads(self.path.read_text())
             self.data.setdefault("stages", {})
+        self.data.setdefault("hashes", {})
+
+    def sha256(self, path: str | Path) -> str | None:
+        """sha256 of a file or checkpoint dir (`stages.checkpoint.sha256_path`), re-read only when it changed."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        stamp = _stamp(path)
+        known = self.data["hashes"].get(str(path))
+        if known and known["stamp"] == stamp:
+            return known["sha256"]
+        digest = sha256_path(path)
+        self.data["hashes"][str(path)] = {"stamp": stamp, "sha256": digest}
+        return digest
 
     def entry(self, name: str) -> dict[str, Any]:
         return self.data["stages"].get(name, {})
@@ -40,7 +64,7 @@ class Manifest:
         if entry.get("config_sha256") != config_sha:
             return False, "its config changed"
         old = {k: v.get("sha256") for k, v in entry.get("inputs", {}).items()}
-        new = {k: sha256_path(p) if Path(p).exists() else None for k, p in inputs.items()}
+        new = {k: self.sha256(p) for k, p in inputs.items()}
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             return False, f"inputs changed: {', '.join(changed)}"
@@ -54,7 +78,7 @@ class Manifest:
             "reason": reason,
             "started": now(),
             "config_sha256": config_sha,
-            "inputs": {k: {"path": str(p), "sha256": sha256_path(p) if Path(p).exists() else None} for k, p in inputs.items()},
+            "inputs": {k: {"path": str(p), "sha256": self.sha256(p)} for k, p in inputs.items()},
             "output": output,
         }
         self.save()

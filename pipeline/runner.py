@@ -41,6 +41,7 @@ class Run:
         self.say = say
         self.manifest: Manifest | None = None
         self.launcher: Optional[Callable[[str], dict]] = None
+        self.ran: list[str] = []  # stages this invocation ran (not skipped)
         self.demo = None
         if recipe.data.source == "demo":
             from pipeline.demo import Demo
@@ -96,6 +97,7 @@ class Run:
             self.say(f"{name}: done, skipped")
             return self.manifest.entry(name).get("metrics", {})
         out = self.stage_dir(name)
+        self.ran.append(name)
         self.say(f"{name}: running ({reason})")
         self.manifest.start(name, config_sha=sha, inputs={k: str(p) for k, p in inputs.items()}, output=str(out), reason=reason)
         started = time.perf_counter()
@@ -109,7 +111,7 @@ class Run:
         except BaseException as error:  # a crash is recorded (manifest + log), then re-raised as StageFailed
             raise self._failed(name, error) from error
         write_json_atomic(out / "eval.json", metrics)
-        self.manifest.finish(name, metrics=metrics, output_sha=sha256_path(out), seconds=round(time.perf_counter() - started, 1))
+        self.manifest.finish(name, metrics=metrics, output_sha=self.manifest.sha256(out), seconds=round(time.perf_counter() - started, 1))
         return metrics
 
     def _failed(self, name: str, error: BaseException) -> BaseException:

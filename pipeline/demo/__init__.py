@@ -65,7 +65,7 @@ class Demo:
         run = self.run
         sft_dir = Path(run.recipe.stages.reward.init_from or run.stage_dir("sft"))
         stamp = run.dir / "labels" / "made_from.json"
-        sft_sha = sha256_path(sft_dir)
+        sft_sha = run.manifest.sha256(sft_dir) if run.manifest else sha256_path(sft_dir)
         if stamp.exists() and json.loads(stamp.read_text()).get("sft_sha256") == sft_sha:
             return
         run.say("labels: sampling candidates from the SFT checkpoint, simulated labelers rank them")
