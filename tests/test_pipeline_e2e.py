@@ -100,7 +100,7 @@ def test_rerun_skips_finished_stages_quickly(run_dir):
     elapsed = time.perf_counter() - started
     assert result.stdout.count("done, skipped") == 4
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/model.safetensors")} == before
-    assert elapsed < 30
+    assert elapsed < 5, f"a no-op re-run took {elapsed:.1f}s"  # it stats inputs instead of hashing them again
 
 
 def test_changed_config_reruns_that_stage_and_later(run_dir, tmp_path):
