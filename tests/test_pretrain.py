@@ -71,7 +71,8 @@ def kill_after_first_save(args, resume_marker, *, timeout=300):
 def test_pretrain_resumes_exactly_after_kill(tmp_path):
     from safetensors.torch import load_file
 
-    overrides = [*TINY, "stages.pretrain.max_steps=60", "stages.pretrain.save_steps=20"]
+    # its own cache: the corpus file it corrupts below must not be the one other tests read
+    overrides = [*TINY, "stages.pretrain.max_steps=60", "stages.pretrain.save_steps=20", f"data.cache_dir={tmp_path / 'cache'}"]
     whole = tmp_path / "whole"
     chatsmith("stage", "pretrain", DEMO, "--out", whole, *overrides)
 
