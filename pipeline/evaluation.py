@@ -18,16 +18,11 @@ Writes `DIR/<stage>/eval_answers.jsonl` (one line per prompt: id, split, prompt,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipeline.bootstrap import mean_ci, paired_difference_ci
 from stages.common import read_jsonl, write_jsonl
 from stages.evaluation import DECODINGS, RewardModelJudge, answer, judge_answers, kl_to_reference, means, per_prompt
-
-CHAT_STAGES = ("sft", "ppo")
-HEADLINE_DECODINGS = ("greedy", "chat")
-"""Decodings whose paired difference to SFT gets a CI of its own in eval.json."""
 
 
 def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -150,7 +145,3 @@ def answer_line(record: dict, row: dict, split: str) -> dict:
         if key in row:
             line[key] = row[key]
     return line
-
-
-def dump(figures: dict) -> str:
-    return json.dumps(figures, indent=2)
