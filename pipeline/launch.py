@@ -123,7 +123,19 @@ def run_launched_stage(args, recipe: Recipe, out_dir: str) -> int:
         from stages.common import write_json_atomic
 
         write_json_atomic(logs / f"{name}.result.json", metrics)
+    _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Every rank leaves the process group together before exiting: a process that exits with the group's
+    communication threads still running can abort on the way out ("terminate called without an active
+    exception"), and the launcher then reports the finished stage as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _report_world(stage: str, rank: int) -> None:
