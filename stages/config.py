@@ -154,7 +154,15 @@ class LoraConfig(Frozen):
     """Module names to adapt."""
 
 
-class SFTStageConfig(TrainCommon):
+class TRLDataConfig(Frozen):
+    """Data preparation of the stages trained by a TRL trainer."""
+
+    dataset_num_proc: Optional[int] = Field(None, gt=0)
+    """Processes that tokenize the stage's data (TRL's `dataset_num_proc`; in SFT also the assistant masks,
+    through `datasets.map`); None: one, in the training process."""
+
+
+class SFTStageConfig(TrainCommon, TRLDataConfig):
     """Supervised fine-tuning on conversations (TRL SFTTrainer), loss on assistant tokens only."""
 
     data: Optional[str] = None
@@ -175,7 +183,7 @@ class SFTStageConfig(TrainCommon):
     """Allow model code shipped inside a checkpoint."""
 
 
-class RewardStageConfig(TrainCommon):
+class RewardStageConfig(TrainCommon, TRLDataConfig):
     """Reward model (TRL RewardTrainer) initialised from the SFT checkpoint, on comparisons."""
 
     data: Optional[str] = None
@@ -355,7 +363,7 @@ class RLOOConfig(GroupBaselineCommon):
     """See `PPOConfig.algorithm`."""
 
 
-class DPOConfig(RLCommon):
+class DPOConfig(RLCommon, TRLDataConfig):
     """TRL's DPOTrainer straight from the labelers' comparisons (the reward stage's training data, or
     `data.comparisons`); the reward model, when there is one, only scores the evaluation. `max_steps`
     counts optimizer steps of `batch_size` comparisons."""

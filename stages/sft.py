@@ -17,6 +17,7 @@ LoRA is `config.lora.enabled`; the adapter is merged into the saved weights.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -29,9 +30,11 @@ from stages.distributed import report_trainer_rank_data
 from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
 
 
-def conversations(path: str | Path, tokenizer, chat_format: ChatFormat, *, max_length: int):
+def conversations(path: str | Path, tokenizer, chat_format: ChatFormat, *, max_length: int,
+                  num_proc: Optional[int] = None):
     """Conversations as a `datasets.Dataset` of `input_ids` and `assistant_masks` (TRL builds the labels from
-    the masks), cut to `max_length` tokens; a conversation left with no assistant token is dropped."""
+    the masks), cut to `max_length` tokens; a conversation left with no assistant token is dropped. With
+    `num_proc` > 1 the masks are computed by that many processes (`datasets.map`), with the same result."""
     from datasets import Dataset
 
     rows = read_jsonl(path)
@@ -40,13 +43,41 @@ def conversations(path: str | Path, tokenizer, chat_format: ChatFormat, *, max_l
         if not messages or messages[-1].get("role") != "assistant":
             raise ValueError(f"{path}:{i + 1}: a conversation needs 'messages' ending with an assistant turn")
     messages = [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in rows]
+    del rows
     try:
-        tokenized = tokenize_conversations(tokenizer, messages, max_length=max_length, chat_format=chat_format)
+        if num_proc and num_proc > 1:
+            dataset = Dataset.from_dict({"messages": messages}).map(
+                _tokenize_batch, batched=True, batch_size=512, with_indices=True, num_proc=min(num_proc, len(messages)),
+                remove_columns=["messages"], desc="assistant masks",
+                fn_kwargs={"tokenizer": tokenizer, "chat_format": chat_format, "max_length": max_length})
+            dropped = len(messages) - len(dataset)
+            if dropped:
+                warnings.warn(f"{dropped} conversation(s) had no assistant token within max_length={max_length}; dropped")
+        else:
+            dataset = Dataset.from_list(tokenize_conversations(tokenizer, messages, max_length=max_length,
+                                                               chat_format=chat_format))
     except ChatFormatError as error:  # "conversation i" counts from 0: line i + 1 of the file
         raise ChatFormatError(f"{path}: {error}") from error
-    if not tokenized:
+    if not len(dataset):
         raise ValueError(f"{path}: no conversation has an assistant token within max_length={max_length}")
-    return Dataset.from_list(tokenized)
+    return dataset
+
+
+def _tokenize_batch(batch: dict, indices: list[int], *, tokenizer, chat_format: ChatFormat, max_length: int) -> dict:
+    """`datasets.map` worker: one batch of conversations -> input_ids and assistant_masks (dropped rows left out);
+    a chat-format error names the conversation by its index in the file."""
+    out = {"input_ids": [], "assistant_masks": []}
+    for index, messages in zip(indices, batch["messages"]):
+        try:
+            with warnings.catch_warnings():  # a dropped row is counted once, by the caller
+                warnings.simplefilter("ignore")
+                (row,) = tokenize_conversations(tokenizer, [messages], max_length=max_length, chat_format=chat_format) or [None]
+        except ChatFormatError as error:
+            raise ChatFormatError(str(error).replace("conversation 0:", f"conversation {index}:", 1)) from None
+        if row is not None:
+            out["input_ids"].append(row["input_ids"])
+            out["assistant_masks"].append(row["assistant_masks"])
+    return out
 
 
 def load_model(config: SFTStageConfig, init_from: str | Path, tokenizer, chat_format: ChatFormat):
@@ -82,14 +113,15 @@ def run(config: SFTStageConfig, *, init_from: str | Path, train_data: str | Path
         max_length=config.max_length,
         assistant_only_loss=False,  # the masks are the dataset's `assistant_masks` column; TRL applies them
         packing=config.packing,
-        dataset_num_proc=None,
+        dataset_num_proc=config.dataset_num_proc,
     )
-    train = conversations(train_data, tokenizer, chat_format, max_length=config.max_length)
+    train = conversations(train_data, tokenizer, chat_format, max_length=config.max_length, num_proc=config.dataset_num_proc)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
-        eval_dataset=conversations(eval_data, tokenizer, chat_format, max_length=config.max_length) if eval_data else None,
+        eval_dataset=conversations(eval_data, tokenizer, chat_format, max_length=config.max_length,
+                                   num_proc=config.dataset_num_proc) if eval_data else None,
         processing_class=tokenizer,
         peft_config=peft_config(config.lora, task_type="CAUSAL_LM"),
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],

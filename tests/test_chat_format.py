@@ -335,3 +335,23 @@ def test_instruct_checkpoint_document_eos_comes_from_its_generation_config(base_
     assert (fmt.end_of_turn, fmt.document_eos) == ("<|im_end|>", "<|endoftext|>")
     _, without_config = cf.prepare_tokenizer(tokenizer)
     assert without_config.document_eos == "<|im_end|>"  # nothing else to go on
+
+
+def test_sft_masks_in_several_processes_equal_one_process(base_dirs, tmp_path):
+    """`dataset_num_proc`: SFT's conversations tokenized by 2 processes (`datasets.map`) are the rows one
+    process gives, in order, with the same rows dropped."""
+    import json
+
+    from stages.sft import conversations
+
+    tokenizer, fmt = cf.prepare_tokenizer(base_dirs["qwen2.5"])
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                          {"role": "assistant", "content": "Answer " + "word " * (i % 7)}]} for i in range(40)]
+    rows[5]["messages"][0]["content"] = "x " * 200  # nothing of the reply within max_length: dropped
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(UserWarning, match="1 conversation"):
+        one = conversations(path, tokenizer, fmt, max_length=96)
+    with pytest.warns(UserWarning, match="1 conversation"):
+        two = conversations(path, tokenizer, fmt, max_length=96, num_proc=2)
+    assert len(one) == 39 and one.to_list() == two.to_list()

@@ -193,6 +193,7 @@ def _dpo_trainer(config: DPOConfig, model, tokenizer, comparisons: str | Path, o
         max_length=config.max_prompt_length + config.max_new_tokens,
         disable_dropout=True,
         num_train_epochs=10_000,  # max_steps decides
+        dataset_num_proc=config.dataset_num_proc,
     )
     dataset = read_comparisons(comparisons, use_margin=False)
     return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,

@@ -160,6 +160,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
         max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient,
         disable_dropout=True,
+        dataset_num_proc=config.dataset_num_proc,
     )
     train = comparisons(train_data, use_margin=config.use_margin)
     trainer = RewardTrainer(
