@@ -120,9 +120,11 @@ def full_state_dict(accelerator, model, *, prefix: str | None = None) -> dict | 
     return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
-def report_rank_data(stage: str, accelerator, batch) -> None:
+def report_rank_data(stage: str, accelerator, batch, *, rows=None) -> None:
     """With CHATSMITH_RANK_REPORT naming a directory, each process writes once what world it believes
-    it is in and a fingerprint of its first batch (the distributed tests compare them)."""
+    it is in and a fingerprint of its first batch (the distributed tests compare them); `rows`, when
+    given (a value, or a function computed only when reporting), is written too (pretrain: every sequence of the rank's first step, to check the ranks' slices
+    are disjoint and make up the global batch)."""
     report_dir = os.environ.get(RANK_REPORT_ENV)
     if not report_dir:
         return
@@ -132,7 +134,8 @@ def report_rank_data(stage: str, accelerator, batch) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"num_processes": accelerator.num_processes, "process_index": accelerator.process_index,
                                 "launcher_world_size": int(os.environ.get("WORLD_SIZE", "1")),
-                                "batch_sha256": hashlib.sha256(batch.cpu().numpy().tobytes()).hexdigest()}))
+                                "batch_sha256": hashlib.sha256(batch.cpu().numpy().tobytes()).hexdigest(),
+                                **({"rows": rows() if callable(rows) else rows} if rows is not None else {})}))
 
 
 def report_trainer_rank_data(trainer, stage: str) -> None:

@@ -125,7 +125,8 @@ def run(config: PretrainConfig, *, tokenizer_dir: str | Path, corpus: str | Path
         f"x {config.seq_len} tokens in {len(shards.sources)} source(s), global batch {global_batch}, {config.max_steps} steps "
         f"({config.max_steps * global_batch / windows:.1f} epochs)"
     )
-    report_rank_data("pretrain", accelerator, batches.micro_batch(step, 0))
+    report_rank_data("pretrain", accelerator, batches.micro_batch(step, 0),
+                     rows=lambda: batches.sampler.batch_for_step(step, **batches.slice).reshape(-1, config.seq_len).tolist())
 
     log = MetricsLog(output_dir / "metrics.jsonl", resume_step=step, enabled=accelerator.is_main_process, accelerator=accelerator)
     train_loop(model, optimizer, scheduler, batches, config=config, accelerator=accelerator, step=step, log=log, resume=resume)

@@ -29,6 +29,25 @@ def _check_two_ranks(report_dir, *, deepspeed: bool) -> None:
     assert not list(report_dir.glob("*.rank2.json"))
 
 
+def _check_pretrain_slices(report_dir, run_dir) -> None:
+    """The two ranks' first-step sequences are disjoint and together are the global batch one process
+    reads from the same token shards, seed and step."""
+    from stages.data.shards import ShardSet
+    from stages.data.sources import Source
+    from stages.data.stream import TrainSampler
+
+    ranks = [json.loads((report_dir / f"pretrain.data.rank{r}.json").read_text())["rows"] for r in (0, 1)]
+    corpus = json.loads((run_dir / "data" / "corpus.json").read_text())
+    shards = ShardSet.open(corpus["cache_dir"], corpus["keys"], sources=[Source(**s) for s in corpus["sources"]])
+    recipe = json.loads((run_dir / "pretrain" / "chatsmith.json").read_text())["config"]
+    per_rank, seq_len = recipe["batch_size"], recipe["seq_len"]
+    sampler = TrainSampler(shards, seq_len=seq_len, global_batch=2 * per_rank, seed=recipe["seed"])
+    whole = sampler.batch_for_step(0, rank=0, world=1, per_rank=2 * per_rank, grad_accum=1).reshape(-1, seq_len).tolist()
+    assert [len(r) for r in ranks] == [per_rank, per_rank]
+    assert not {tuple(x) for x in ranks[0]} & {tuple(x) for x in ranks[1]}, "the ranks share a sequence"
+    assert sorted(ranks[0] + ranks[1]) == sorted(whole), "the ranks' slices are not the global batch"
+
+
 def _check_outputs(run_dir) -> None:
     import torch
 
@@ -52,6 +71,7 @@ def test_every_stage_on_two_processes(config, tmp_path):
     launch = [f"launch.config={config}", "launch.num_processes=2", f"launch.main_process_port={port}"]
     result = cli("run", DEMO, "--out", run_dir, *TINY, *launch, extra_env={"CHATSMITH_RANK_REPORT": report})
     _check_two_ranks(report, deepspeed=config.startswith("zero"))
+    _check_pretrain_slices(report, run_dir)
     _check_outputs(run_dir)
     assert (run_dir / "logs" / "pretrain.log").exists()
     if config == "zero2":
