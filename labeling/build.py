@@ -103,6 +103,7 @@ class Source:
     path: Path
     kind: str  # "ingest" (a labeling ingest dir), "sft" or "comparisons" (a plain training file)
     held_out: bool = False  # a `*_eval` file: every row goes to eval
+    kept_in_train: bool = False  # a train file split before (the demo world's): its prompts are not drawn for eval
 
     @property
     def name(self) -> str:
@@ -110,7 +111,7 @@ class Source:
 
     def describe(self) -> str:
         if self.kind != "ingest":
-            return f"{self.kind}{'-eval' if self.held_out else ''} file"
+            return f"{self.kind}{'-eval' if self.held_out else '-train' if self.kept_in_train else ''} file"
         summary = self.path / "summary.json"
         try:
             return json.loads(summary.read_text(encoding="utf-8")).get("format") or "ingest"
@@ -178,12 +179,14 @@ def _units(source: Source) -> Iterator[Unit]:
             yield Unit("demonstration", key, digest, [sft_row(record)], [])
 
 
-def _sources(ingest_dirs, sft_files, comparison_files, sft_eval_files, comparison_eval_files) -> list[Source]:
+def _sources(ingest_dirs, sft_files, comparison_files, sft_eval_files, comparison_eval_files,
+             sft_train_files=()) -> list[Source]:
     if ingest_dirs is None:
         ingest_dirs = []
     elif isinstance(ingest_dirs, (str, os.PathLike)):
         ingest_dirs = [ingest_dirs]
     sources = [Source(Path(d), "ingest") for d in ingest_dirs]
+    sources += [Source(Path(f), "sft", kept_in_train=True) for f in sft_train_files]
     for files, kind, held_out in ((sft_files, "sft", False), (comparison_files, "comparisons", False),
                                   (sft_eval_files, "sft", True), (comparison_eval_files, "comparisons", True)):
         sources += [Source(Path(f), kind, held_out) for f in files]
@@ -201,12 +204,13 @@ def _sources(ingest_dirs, sft_files, comparison_files, sft_eval_files, compariso
 
 
 def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: int = 0, sft_files=(), comparison_files=(),
-          sft_eval_files=(), comparison_eval_files=()) -> dict:
+          sft_eval_files=(), comparison_eval_files=(), sft_train_files=()) -> dict:
     """Write the comparison and SFT datasets from every source into `out_dir`.
 
     `ingest_dir`: one ingest dir or a list; `sft_files`, `comparison_files`: plain training files
     split like the records; `sft_eval_files`, `comparison_eval_files`: rows always held out (their
-    prompts are then kept out of train). Returns {"comparisons_train", "comparisons_eval",
+    prompts are then kept out of train); `sft_train_files`: rows split before (the demo world's), whose
+    prompts stay in train unless an `*_eval` file holds them. Returns {"comparisons_train", "comparisons_eval",
     "sft_train", "sft_eval" (row counts), "tied_pairs_dropped", "duplicates", "records", "prompts",
     "eval_prompts", "sources", "by_source": {source: {"format", "duplicates", "kinds": {kind:
     {"records", "sft_rows", "comparison_rows"}}}}, "paths": {name: path}}."""
@@ -214,17 +218,18 @@ def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: in
         raise TypeError("build() needs out_dir")
     if not 0 <= eval_fraction < 1 or math.isnan(eval_fraction):
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    sources = _sources(ingest_dir, sft_files, comparison_files, sft_eval_files, comparison_eval_files)
+    sources = _sources(ingest_dir, sft_files, comparison_files, sft_eval_files, comparison_eval_files, sft_train_files)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # pass 1: the prompts (digests only), so the split is decided before any row is written
     keys: set[str] = set()
     fixed: set[str] = set()
+    kept: set[str] = set()
     for source in sources:
         for unit in _units(source):
-            (fixed if source.held_out else keys).add(unit.key)
-    held_out = fixed | eval_prompts(keys - fixed, eval_fraction=eval_fraction, seed=seed)
+            (fixed if source.held_out else kept if source.kept_in_train else keys).add(unit.key)
+    held_out = fixed | eval_prompts(keys - fixed - kept, eval_fraction=eval_fraction, seed=seed)
 
     names = ["comparisons_train", "comparisons_eval", "sft_train", "sft_eval"]
     paths = {name: out_dir / f"{name}.jsonl" for name in names}
@@ -262,7 +267,7 @@ def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: in
         os.replace(str(path) + ".tmp", path)
 
     summary = {**counts, "tied_pairs_dropped": ties, "duplicates": duplicates, "records": records,
-               "prompts": len(keys | fixed), "eval_prompts": len(held_out), "eval_fraction": eval_fraction, "seed": seed,
+               "prompts": len(keys | fixed | kept), "eval_prompts": len(held_out), "eval_fraction": eval_fraction, "seed": seed,
                "sources": [s.name for s in sources], "by_source": by_source,
                "paths": {name: str(path) for name, path in paths.items()}}
     (out_dir / "build.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

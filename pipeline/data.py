@@ -3,7 +3,11 @@
     materialise_data(run)   DIR/data/: the demo world's files, or the recipe's prompts normalised to JSONL;
                             DIR/labels/: labeler exports ingested, and every SFT / comparison source (files
                             and labels together, never one replacing another) built into
-                            DIR/labels/build/{sft,comparisons}_{train,eval}.jsonl, split by prompt
+                            DIR/labels/build/{sft,comparisons}_{train,eval}.jsonl, split by prompt.
+                            On the demo, your sources join the world's: its SFT conversations and your
+                            sources build into DIR/labels/sft-build before SFT; the simulated labelers'
+                            comparisons and yours into DIR/labels/build before the reward stage
+                            (`build_demo_comparisons`)
     ensure_corpus(run)      the pretraining text as cached token shards (`stages.data`), tokenized once by
                             N processes; DIR/data/corpus.json names the cache entries (its hash is the
                             pretrain stage's data lineage: nothing of the corpus is copied or re-hashed)
@@ -78,16 +82,40 @@ def sources_fingerprint(run) -> Path:
 
 
 def has_built_data(run) -> bool:
-    """Whether SFT / reward data come from DIR/labels/build (any file or labeler source) rather than DIR/data."""
+    """Whether SFT data come from a build of file and labeler sources (DIR/labels/build; on the demo,
+    DIR/labels/sft-build: the world's conversations with yours) rather than DIR/data."""
     data = run.recipe.data
-    return run.demo is None and bool(data.sft or data.sft_eval or data.comparisons or data.comparisons_eval or data.labels)
+    return bool(data.sft or data.sft_eval or data.comparisons or data.comparisons_eval or data.labels)
+
+
+def sft_build_dir(run) -> Path:
+    """Where the SFT rows built from the recipe's sources are: DIR/labels/build, or on the demo
+    DIR/labels/sft-build (DIR/labels/build then holds the comparisons made after SFT)."""
+    return run.dir / "labels" / ("sft-build" if run.demo is not None else "build")
+
+
+def _user_files_stamp(data) -> list:
+    """Name, size and mtime of every label and SFT / comparison file: a re-export to the same path
+    (more rewrites, say) rebuilds the data, and the stages that read it re-run."""
+    from stages.data.sources import source_files
+
+    stamp = []
+    for key in ("sft", "sft_eval", "comparisons", "comparisons_eval"):
+        for source in getattr(data, key) or []:
+            stamp += [[key, f.path, f.size, f.mtime_ns] for f in source_files(source)]
+    for export in data.labels:
+        for path in (export.path, export.tasks):
+            if path and Path(path).is_file():
+                info = Path(path).stat()
+                stamp.append(["labels", str(path), info.st_size, info.st_mtime_ns])
+    return stamp
 
 
 def materialise_data(run) -> None:
-    """Write the run's datasets (skipped when already written for the same data config)."""
+    """Write the run's datasets (skipped when already written for the same data config and files)."""
     data = run.recipe.data
     stamp = run.data_path("data.json")
-    sha = config_sha(data.model_dump(mode="json"))
+    sha = config_sha([data.model_dump(mode="json"), _user_files_stamp(data)])
     if stamp.exists() and json.loads(stamp.read_text()).get("config_sha256") == sha:
         return
     run.data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +125,8 @@ def materialise_data(run) -> None:
         for key in ("prompts", "eval_prompts"):
             if getattr(data, key):
                 write_jsonl(run.data_path(f"{key}.jsonl"), _rows(f"data.{key}", getattr(data, key), data.max_bad_fraction))
-        if has_built_data(run):
-            build_labels(run)
+    if has_built_data(run):
+        build_labels(run)
     write_json_atomic(stamp, {"config_sha256": sha, "source": data.source})
 
 
@@ -110,34 +138,51 @@ def _rows(key: str, sources, max_bad_fraction: float):
             raise DataError(f"{key}: {error}") from None
 
 
+USER_INGEST = "user-ingest"
+"""DIR/labels/user-ingest/NN-FORMAT-STEM: the recipe's labeler exports, ingested."""
+
+
 def build_labels(run) -> dict:
-    """Labeler exports -> DIR/labels/ingest; with the SFT and comparison files -> DIR/labels/build."""
+    """Labeler exports -> DIR/labels/user-ingest; with the SFT and comparison files (and on the demo, the
+    world's SFT conversations) -> `sft_build_dir(run)`."""
     from labeling.build import build
     from labeling.ingest import ingest_all
 
     data, labels = run.recipe.data, run.dir / "labels"
-    sources = labels / "sources"
-    files = {}
-    for key in ("sft", "sft_eval", "comparisons", "comparisons_eval"):
-        files[key] = []
-        for number, source in enumerate(getattr(data, key) or []):
-            path = sources / f"{key}-{number}.jsonl"  # normalised (messages / TRL preference rows)
-            write_jsonl(path, _rows(f"data.{key}", [source], data.max_bad_fraction))
-            files[key].append(str(path))
-    ingested = ingest_all([s.model_dump() for s in data.labels], labels / "ingest") if data.labels else []
+    files = _user_files(run)
+    ingested = ingest_all([s.model_dump() for s in data.labels], labels / USER_INGEST) if data.labels else []
     for summary in ingested:
         run.say(f"labels: {summary['dir']}: read {summary['read']}, accepted {summary['accepted']}, "
                 f"rejected {summary['rejected']} {summary.get('reasons') or ''}")
-    built = build([s["dir"] for s in ingested], labels / "build", eval_fraction=data.eval_fraction, seed=run.recipe.seed,
-                  sft_files=files["sft"], comparison_files=files["comparisons"], sft_eval_files=files["sft_eval"],
-                  comparison_eval_files=files["comparisons_eval"])
+    world = [run.data_path("sft_train.jsonl")] if run.demo is not None else []
+    if world:  # the world's conversations keep their split: its held-out ones stay held out, the rest in train
+        files["sft_eval"].insert(0, str(run.data_path("sft_eval.jsonl")))
+    built = build([s["dir"] for s in ingested], sft_build_dir(run), eval_fraction=data.eval_fraction,
+                  seed=run.recipe.seed, sft_files=files["sft"], comparison_files=files["comparisons"],
+                  sft_eval_files=files["sft_eval"], comparison_eval_files=files["comparisons_eval"], sft_train_files=world)
     run.say(f"data: built {built['sft_train']} + {built['sft_eval']} SFT rows and {built['comparisons_train']} + "
             f"{built['comparisons_eval']} comparisons (train + held out) from {len(built.get('by_source', {}))} sources")
     return {"ingest": ingested, "build": built}
 
 
-def ingest_labels(run, fmt: str, export: Path, *, eval_fraction: float, tasks: Path | None = None) -> dict:
-    """One labeler export -> DIR/labels/ingest -> DIR/labels/build (the demo's simulated labelers' export)."""
+def _user_files(run, *, write: bool = True) -> dict[str, list[str]]:
+    """The recipe's SFT and comparison sources, normalised (messages / TRL preference rows) into
+    DIR/labels/sources/KEY-N.jsonl (`write`), else the paths written before."""
+    data, sources = run.recipe.data, run.dir / "labels" / "sources"
+    files = {}
+    for key in ("sft", "sft_eval", "comparisons", "comparisons_eval"):
+        files[key] = []
+        for number, source in enumerate(getattr(data, key) or []):
+            path = sources / f"{key}-{number}.jsonl"
+            if write:
+                write_jsonl(path, _rows(f"data.{key}", [source], data.max_bad_fraction))
+            files[key].append(str(path))
+    return files
+
+
+def build_demo_comparisons(run, fmt: str, export: Path, *, tasks: Path | None = None) -> dict:
+    """The demo's simulated labelers' export -> DIR/labels/ingest, built with the recipe's own labels and
+    comparison files (`build_labels` ingested and normalised them) -> DIR/labels/build."""
     from labeling.build import build
     from labeling.ingest import ingest
 
@@ -145,7 +190,11 @@ def ingest_labels(run, fmt: str, export: Path, *, eval_fraction: float, tasks: P
     summary = ingest(fmt, export, labels / "ingest", tasks_path=tasks)
     run.say(f"labels: read {summary['read']}, accepted {summary['accepted']}, rejected {summary['rejected']} "
             f"{summary.get('reasons') or ''}")
-    built = build(labels / "ingest", labels / "build", eval_fraction=eval_fraction, seed=run.recipe.seed)
+    files = _user_files(run, write=False)
+    user_ingested = sorted(str(p) for p in (labels / USER_INGEST).glob("[0-9][0-9]-*") if p.is_dir())
+    built = build([labels / "ingest", *user_ingested], labels / "build", eval_fraction=run.recipe.data.eval_fraction,
+                  seed=run.recipe.seed, comparison_files=files["comparisons"],
+                  comparison_eval_files=files["comparisons_eval"])
     return {"ingest": summary, "build": built}
 
 

@@ -40,9 +40,9 @@ def check(recipe, out_dir: str | Path, *, only: str | None = None) -> tuple[list
     running = [name for name in ("pretrain", "sft", "reward", "ppo")
                if getattr(recipe.stages, name) is not None and only in (None, name)]
     problems: list[Problem] = []
+    problems += _sources(recipe, running)  # on the demo: the sources a recipe adds to the world's data
+    problems += _labels(recipe)
     if recipe.data.source == "files":
-        problems += _sources(recipe, running)
-        problems += _labels(recipe)
         problems += _stage_data(recipe, running)
     problems += _checkpoints(recipe, running)
     problems += _output(recipe, Path(out_dir), running)

@@ -87,7 +87,7 @@ class DataConfig(Frozen):
     comparisons_eval: ComparisonSources = None
     """Held-out comparisons."""
     labels: Annotated[list[LabelsSource], BeforeValidator(_labels_list)] = []
-    """Labeler exports to ingest (`DIR/labels/ingest`) and build together with `sft` / `comparisons`
+    """Labeler exports to ingest (`DIR/labels/user-ingest`) and build together with `sft` / `comparisons`
     (`DIR/labels/build`)."""
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     """Share of prompts of `labels`, `sft` and `comparisons` held out for evaluation (split by prompt)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.data import CORPUS_FILE, ensure_corpus, has_built_data
+from pipeline.data import CORPUS_FILE, ensure_corpus, has_built_data, sft_build_dir
 from stages.config import STAGE_ORDER, Stages
 
 
@@ -55,9 +55,9 @@ def _parent(run, cfg, previous: str, name: str) -> Path:
 
 
 def _sft_inputs(run, cfg) -> dict[str, Path]:
-    built = has_built_data(run)  # files and labeler exports, combined in DIR/labels/build
-    default_train = run.dir / "labels" / "build" / "sft_train.jsonl" if built else run.data_path("sft_train.jsonl")
-    default_eval = run.dir / "labels" / "build" / "sft_eval.jsonl" if built else run.data_path("sft_eval.jsonl")
+    built = sft_build_dir(run) if has_built_data(run) else None  # files and labeler exports, combined
+    default_train = built / "sft_train.jsonl" if built else run.data_path("sft_train.jsonl")
+    default_eval = built / "sft_eval.jsonl" if built else run.data_path("sft_eval.jsonl")
     inputs = {"init_from": _parent(run, cfg, "pretrain", "sft"), "train_data": Path(cfg.data or default_train)}
     eval_data = cfg.eval_data or (default_eval if default_eval.exists() else None)
     if eval_data:

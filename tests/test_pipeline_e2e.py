@@ -120,3 +120,64 @@ def test_chat_repl_streams_multi_turn(run_dir):
     result = chatsmith("chat", run_dir / "sft", "--greedy", "--max-new-tokens", "20",
                        input="What is the river of Alford?\nAnd its dish?\n/exit\n")
     assert result.stdout.count("assistant> ") == 2
+
+
+def test_rewrite_loop_retrains_sft_and_every_later_stage(run_dir, tmp_path):
+    """evaluate -> the worst dev answers -> people rewrite them -> ingest -> re-run: the rewrites join the
+    world's SFT data (combined, not replacing it), SFT and every later stage re-run, and the manifest says why."""
+    import shutil
+
+    from pipeline.demo.labelers import simulated_rewrites
+    from pipeline.demo.world import World
+    from pipeline.recipe import load_recipe
+
+    copy = tmp_path / "loop"
+    shutil.copytree(run_dir, copy)
+    tasks = tmp_path / "tasks"
+    result = chatsmith("labels", "tasks", "--from-eval", copy, "--worst", "6", "--out", tasks)  # the latest model: ppo
+    assert "6 rewrite tasks from the 6 worst" in result.stdout
+    summary = json.loads((tasks / "tasks_summary.json").read_text())
+    assert summary["eval_answers"] == str(copy / "ppo" / "eval_answers.jsonl")
+    answers = [json.loads(l) for l in (copy / "ppo" / "eval_answers.jsonl").read_text().splitlines()]
+    assert summary["skipped"]["test_split"] == sum(a["split"] == "test" for a in answers) > 0  # never the test split
+    dev_prompts = {a["prompt"][-1]["content"] if isinstance(a["prompt"], list) else a["prompt"]
+                   for a in answers if a["split"] == "dev"}
+    task_rows = [json.loads(l) for l in (tasks / "tasks.jsonl").read_text().splitlines()]
+    assert {t["prompt"][-1]["content"] for t in task_rows} <= dev_prompts
+
+    world = World.build(load_recipe(copy / "recipe.yaml").data.world)
+    rewrites = simulated_rewrites(world, tasks / "tasks.jsonl", tmp_path / "rewrites.json")
+    assert rewrites["rewritten"] == 6
+
+    labels = f"data.labels=[{{format: label-studio, path: {tmp_path / 'rewrites.json'}, tasks: {tasks / 'tasks.jsonl'}}}]"
+    result = chatsmith("run", DEMO, "--out", copy, *TINY, labels, "stages.ppo.max_steps=1")
+    assert "pretrain: done, skipped" in result.stdout
+    manifest = json.loads((copy / "manifest.json").read_text())["stages"]
+    assert manifest["sft"]["reason"].startswith("inputs changed: ") and "train_data" in manifest["sft"]["reason"]
+    assert manifest["sft"]["inputs"]["train_data"]["path"] == str(copy / "labels" / "sft-build" / "sft_train.jsonl")
+    assert manifest["reward"]["reason"].startswith("inputs changed") and "init_from" in manifest["reward"]["reason"]
+    assert all(manifest[n]["status"] == "done" for n in ("sft", "reward", "ppo"))
+
+    built = json.loads((copy / "labels" / "sft-build" / "build.json").read_text())
+    world_rows = sum(1 for _ in (copy / "data" / "sft_train.jsonl").open())
+    kinds = {source: info["kinds"] for source, info in built["by_source"].items()}
+    assert kinds[str(copy / "data" / "sft_train.jsonl")]["conversation"]["sft_rows"] == world_rows  # all kept
+    (ingested,) = [k for s, k in kinds.items() if "user-ingest" in s]
+    assert ingested == {"rewrite": {"records": 6, "sft_rows": 6, "comparison_rows": 6}}
+    sft_rows = [json.loads(l) for f in ("sft_train", "sft_eval") for l in (copy / "labels" / "sft-build" / f"{f}.jsonl").open()]
+    replies = {r["messages"][-1]["content"] for r in sft_rows}
+    assert all(world.question_fact(t["prompt"][-1]["content"]) for t in task_rows)
+    rewritten = [json.loads(l) for l in (copy / "labels" / "user-ingest").glob("*/accepted.jsonl").__next__().open()]
+    assert {r["reply"] for r in rewritten} <= replies
+    # ... and the rewrite > original pairs reach the reward data, beside the simulated labelers' comparisons
+    pairs = [json.loads(l) for f in ("comparisons_train", "comparisons_eval") for l in (copy / "labels" / "build" / f"{f}.jsonl").open()]
+    assert sum(p["chosen"][0]["content"] in {r["reply"] for r in rewritten} for p in pairs) >= 6
+
+    again = chatsmith("run", DEMO, "--out", copy, *TINY, labels, "stages.ppo.max_steps=1")  # nothing new: nothing runs
+    assert again.stdout.count("done, skipped") == 4, again.stdout
+
+    # no pretrain-only town in any file a later stage reads
+    for path in [*(copy / "data").glob("*.jsonl"), *(copy / "labels").rglob("*.jsonl"), *(copy / "labels").rglob("*.json")]:
+        if path.name in ("pretrain.jsonl", "eval_prompts.jsonl"):
+            continue  # what pretraining reads, and the held-out test prompts
+        assert not world.mentions_pretrain_only(path.read_text()), path

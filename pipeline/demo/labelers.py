@@ -1,48 +1,63 @@
 """The demo's loop back to labelers: K candidate replies per prompt (some sampled from the SFT
 checkpoint, the rest written by simulated imperfect models) become comparison tasks, simulated labelers
-who follow the guidelines rank them, and their Label Studio export goes through `labeling` ingest and
-build like any labeler export."""
+who follow the guidelines (with the world's pleasantry bias) rank them, and their Label Studio export goes
+through `labeling` ingest and build like any labeler export. `gold_agreement` measures how often the
+labels agree with the gold judge."""
 
 from __future__ import annotations
 
 import random
+from itertools import combinations
 from pathlib import Path
 
-from pipeline.data import ingest_labels
-from pipeline.demo.world import World
-from stages.common import read_jsonl
+from pipeline.data import build_demo_comparisons
+from pipeline.demo.world import TIE_WINDOW, World
+from stages.common import read_jsonl, write_json_atomic
 
 
 def make_comparisons(run, world: World, sft_dir: Path | None) -> dict:
     """The loop back to labelers, on the demo world: tasks -> simulated labelers -> Label Studio
-    export -> ingest -> build. K candidates per prompt: some sampled from the SFT checkpoint,
-    the rest written by simulated imperfect models."""
+    export -> ingest -> build. K candidates per prompt: `label_with_sft_samples` sampled from the SFT
+    checkpoint at the chat default (without one, written by the simulated SFT writers, whom the SFT model imitates), the rest
+    by simulated imperfect models. Returns ingest and build summaries and `gold_agreement` (also written to
+    DIR/labels/gold_agreement.json)."""
     from labeling.tasks import label_studio_export, write_tasks
 
     cfg = run.recipe.data
-    rng = random.Random(cfg.world.seed + 11)
+    rng = random.Random(world.seed + 11)
     rows = read_jsonl(run.data_path("prompts.jsonl"))[: cfg.world.comparison_prompts]
     k = cfg.world.candidates_per_prompt
-    n_sampled = min(cfg.label_with_sft_samples, k) if sft_dir else 0
+    n_sampled = min(cfg.label_with_sft_samples, k)
     sampled: list[list[str]] = [[] for _ in rows]
-    if n_sampled:
-        from pipeline.evaluate import load_chat_model
+    if n_sampled and sft_dir:
+        from pipeline.evaluate import load_chat_checkpoint
+        from stages.chat_format import stop_token_ids
         from stages.common import generate_replies, prompt_messages
 
-        model, tokenizer = load_chat_model(sft_dir)
+        model, tokenizer, chat_format = load_chat_checkpoint(sft_dir)
         for j in range(n_sampled):
+            # At the chat default (T=0.7, top-p 0.95), as people would meet the model: candidates that carry
+            # SFT's habits, not the garbled tail T=1 samples from a tiny model.
             replies = generate_replies(model, tokenizer, [prompt_messages(r) for r in rows],
                                        max_new_tokens=run.recipe.eval.max_new_tokens, batch_size=64,
-                                       do_sample=True, temperature=1.0, seed=cfg.world.seed + 100 + j)
+                                       do_sample=True, temperature=0.7, top_p=0.95, seed=world.seed + 100 + j,
+                                       stop_ids=stop_token_ids(chat_format))
             for i, reply in enumerate(replies):
                 sampled[i].append(reply["reply"])
     tasks, by_id = [], {}
     for i, row in enumerate(rows):
         candidates, seen_texts = [], set()
+        # A sample that names a pretrain-only town would carry it into labeling data: left out.
         for text in sampled[i]:
-            if text and text not in seen_texts:
+            if text and text not in seen_texts and not world.mentions_pretrain_only(text):
                 candidates.append({"content": text, "model": "sft"})
                 seen_texts.add(text)
+        if n_sampled and not sft_dir:
+            for text in world.synthetic_candidates(rng, row, n_sampled, mix=cfg.world.writer_mix,
+                                                   wrong_fact_rate=cfg.world.wrong_fact_rate, off_topic_rate=0.0):
+                if text not in seen_texts:
+                    candidates.append({"content": text, "model": "demo-sft-writer"})
+                    seen_texts.add(text)
         attempts = 0
         while len(candidates) < k and attempts < 20:
             attempts += 1
@@ -67,7 +82,11 @@ def make_comparisons(run, world: World, sft_dir: Path | None) -> dict:
     labels = run.dir / "labels"
     write_tasks(tasks, labels / "tasks")
     export = label_studio_export(tasks, judgments, labels / "label_studio_export.json")
-    return ingest_labels(run, "label-studio", export, eval_fraction=0.1, tasks=labels / "tasks" / "tasks.jsonl")
+    result = build_demo_comparisons(run, "label-studio", export, tasks=labels / "tasks" / "tasks.jsonl")
+    agreement = gold_agreement(world, by_id, tasks, judgments)
+    write_json_atomic(labels / "gold_agreement.json", agreement)  # what the demo knows and a real run cannot
+    return {**result, "gold_agreement": agreement}
+
 
 def simulated_judgment(world: World, rng: random.Random, labeler: dict, row: dict, task: dict) -> dict:
     ids = [c["id"] for c in task["candidates"]]
@@ -78,7 +97,7 @@ def simulated_judgment(world: World, rng: random.Random, labeler: dict, row: dic
     flags = {}
     for cid, cand in zip(ids, task["candidates"]):
         verdict = world.judge(row, cand["content"])
-        marks = [f for f, hit in (("harmful", verdict["harmless"] == 0), ("hallucination", verdict["truthful"] == 0 and verdict["helpful"] == 1)) if hit]
+        marks = [f for f, hit in (("harmful", verdict["harmless"] == 0), ("hallucination", verdict["truthful"] == 0 and verdict["helpful"] > 0)) if hit]
         if marks:
             flags[cid] = marks
     return {
@@ -89,3 +108,46 @@ def simulated_judgment(world: World, rng: random.Random, labeler: dict, row: dic
         "lead_time": round(judged["lead_time"], 1),
         "was_cancelled": rng.random() < 0.02,
     }
+
+
+def gold_agreement(world: World, rows: dict[str, dict], tasks: list[dict], judgments: dict[str, list[dict]]) -> dict:
+    """How often the labels agree with the gold judge, over every candidate pair of every kept (not cancelled)
+    judgment that gold does not tie (gold scores more than TIE_WINDOW apart): `agreement`, the share where the
+    labeler ranked gold's better reply strictly higher; `labeler_ties`, the share the labeler tied."""
+    agree = tied = pairs = 0
+    for task in tasks:
+        row = rows[task["task_id"]]
+        gold = {c["id"]: world.gold_score(row, c["content"]) for c in task["candidates"]}
+        for judgment in judgments[task["task_id"]]:
+            if judgment["was_cancelled"]:
+                continue
+            rank = {cid: place for place, group in enumerate(judgment["ranking"]) for cid in group}
+            for a, b in combinations(gold, 2):
+                if abs(gold[a] - gold[b]) <= TIE_WINDOW:
+                    continue
+                better, worse = (a, b) if gold[a] > gold[b] else (b, a)
+                pairs += 1
+                agree += rank[better] < rank[worse]
+                tied += rank[better] == rank[worse]
+    return {"pairs": pairs, "agreement": agree / pairs if pairs else None, "labeler_ties": tied / pairs if pairs else None}
+
+
+def simulated_rewrites(world: World, tasks_path: Path, export_path: Path, *, seed: int = 0) -> dict:
+    """Simulated rewriters answer rewrite tasks (`chatsmith labels tasks --from-eval`): each writes the
+    plain, correct answer the guidelines ask for (the careful writing the SFT writers did not do), and the
+    answers go out as a Label Studio export, as a real project would deliver them. A task whose question
+    the world does not recognise is skipped, as a labeler skips a task. Returns {tasks, rewritten, export}."""
+    from labeling.tasks import label_studio_writing_export
+
+    rng = random.Random(seed)
+    tasks = read_jsonl(tasks_path)
+    judgments = {}
+    for task in tasks:
+        fact = world.question_fact(task["prompt"][-1]["content"])
+        if fact is None:
+            continue
+        town, attribute = fact
+        text = world.write_reply(rng, town.name, attribute, town.facts[attribute], "concise")
+        judgments[task["task_id"]] = [{"annotator": f"rewriter-{rng.randrange(3)}", "text": text}]
+    export = label_studio_writing_export(tasks, judgments, export_path)
+    return {"tasks": len(tasks), "rewritten": len(judgments), "export": str(export)}

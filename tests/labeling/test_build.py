@@ -148,3 +148,23 @@ def test_plain_file_with_a_bad_row_names_it(tmp_path):
     bad.write_text(json.dumps({"prompt": "Q", "chosen": "A"}) + "\n")
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: a comparison needs rejected"):
         build([], tmp_path / "data", comparison_files=[bad])
+
+
+def test_rows_split_before_keep_their_split(tmp_path):
+    """`sft_train_files` (the demo world's own split): none of their prompts is drawn for eval, whatever the
+    fraction; the other sources are split as usual; a prompt an `*_eval` file holds still goes to eval."""
+    def conversation(i):
+        return {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+
+    train, other, held = tmp_path / "train.jsonl", tmp_path / "other.jsonl", tmp_path / "held.jsonl"
+    train.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(20)))
+    other.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(100, 120)))
+    held.write_text(json.dumps(conversation(0)) + "\n")
+    summary = build(None, tmp_path / "data", eval_fraction=0.5, sft_train_files=[train], sft_files=[other],
+                    sft_eval_files=[held])
+    eval_prompts = {r["messages"][0]["content"] for r in _lines(tmp_path / "data" / "sft_eval.jsonl")}
+    assert {f"Question {i}?" for i in range(1, 20)}.isdisjoint(eval_prompts)
+    assert "Question 0?" in eval_prompts  # held out by the eval file: not in train either
+    assert len(eval_prompts - {"Question 0?"}) == 10  # half of the other source's prompts
+    assert summary["by_source"][str(train)]["format"] == "sft-train file"
+    assert summary["sft_train"] + summary["sft_eval"] == 40 and summary["duplicates"] == 1  # Question 0 twice
