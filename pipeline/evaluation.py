@@ -145,3 +145,67 @@ def answer_line(record: dict, row: dict, split: str) -> dict:
         if key in row:
             line[key] = row[key]
     return line
+
+
+# ------------------------------------------------------------------------------------------ the run's arena
+
+ARENA_SAMPLES = "chat"
+"""The decoding the arena's battles use: the chat default, 2 samples per prompt (the evaluation's own answers)."""
+
+
+def run_arena(run) -> dict | None:
+    """`chatsmith run`'s last step: every checkpoint of the run that can answer (pretrain, SFT, the RL stage)
+    meets every other on the test prompts, judged by the gold judge on the demo, else by the run's reward
+    model (none: no arena). The chat stages' answers are the ones their evaluation generated at the chat
+    default; a checkpoint without them (pretrain) answers now with the same seeds. Writes DIR/arena/ (see
+    `pipeline.arena`) and returns the ratings; skipped (returning the last ratings) when the checkpoints
+    and the judge are those the last arena rated."""
+    import json
+
+    from pipeline.arena import RewardModelJudge as ArenaRewardJudge
+    from pipeline.arena import ScoreJudge, arena_from_answers
+    from pipeline.evaluate import load_chat_checkpoint
+    from stages.chat_format import stop_token_ids
+    from stages.common import write_json_atomic
+
+    rows_path = run.data_path("eval_prompts.jsonl")
+    if not rows_path.exists():
+        return None
+    _, test = split_rows(read_jsonl(rows_path))
+    manifest = json.loads((run.dir / "manifest.json").read_text())["stages"]
+    names = [n for n in ("pretrain", "sft", "ppo") if manifest.get(n, {}).get("status") == "done"
+             and (run.stage_dir(n) / "config.json").exists()]
+    reward_dir = reward_model_dir(run)
+    judge_name = "gold" if run.demo else (f"reward:{reward_dir}" if reward_dir else None)
+    if len(names) < 2 or judge_name is None or not test:
+        return None
+    stamp = {"judge": judge_name, "checkpoints": {n: manifest[n].get("output_sha256") for n in names},
+             "eval": run.recipe.eval.model_dump(mode="json")}
+    arena = run.dir / "arena"
+    if (arena / "ratings.json").exists() and (arena / "made_from.json").exists() \
+            and json.loads((arena / "made_from.json").read_text()) == stamp:
+        return json.loads((arena / "ratings.json").read_text())
+    settings = run.recipe.eval
+    ids = [str(r.get("id", i)) for i, r in enumerate(test)]
+    answers = {}
+    for name in names:
+        lines = {str(l["id"]): l for l in read_jsonl(run.stage_dir(name) / "eval_answers.jsonl")
+                 if l.get("split") == "test"} if (run.stage_dir(name) / "eval_answers.jsonl").exists() else {}
+        if set(ids) <= set(lines):
+            answers[name] = {i: [s["reply"] for s in lines[i]["replies"][ARENA_SAMPLES]] for i in ids}
+            continue
+        run.say(f"arena: {name}: answering the {len(test)} test prompts at the chat default")
+        model, tokenizer, chat_format = load_chat_checkpoint(run.stage_dir(name))
+        offset = list(DECODINGS).index(ARENA_SAMPLES)  # the seeds the evaluation's chat answers used
+        records = answer(model, tokenizer, test, decodings=(ARENA_SAMPLES,), stop_ids=stop_token_ids(chat_format),
+                         max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                         seed=settings.seed + 1000 * offset)
+        answers[name] = {i: [s["reply"] for s in r[ARENA_SAMPLES]] for i, r in zip(ids, records)}
+        del model
+    prompt_rows = [{**r, "id": i} for i, r in zip(ids, test)]
+    judge = (ScoreJudge(run.demo.world.gold_scorer(), name="gold") if run.demo
+             else ArenaRewardJudge(reward_dir, batch_size=settings.batch_size))
+    ratings = arena_from_answers(answers, prompt_rows, judge, run.dir, seed=settings.seed, judge_name=judge_name)
+    write_json_atomic(arena / "made_from.json", stamp)
+    run.say("arena: " + ", ".join(f"{n} {r['rating']:.0f} [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]" for n, r in ratings.items()))
+    return ratings

@@ -72,6 +72,9 @@ def run_command(args, recipe: Recipe, out_dir: str) -> int:
                 print(json.dumps({args.name: metrics}, indent=2, default=str))
             else:
                 run.run_all()
+                from pipeline.evaluation import run_arena
+
+                run_arena(run)  # the run's checkpoints rated against each other (report.md shows it)
         except BaseException:
             if coordinator:
                 coordinator.finish(ok=False)
@@ -89,7 +92,9 @@ def run_command(args, recipe: Recipe, out_dir: str) -> int:
     from pipeline.report import stage_table, write_report
 
     report = run.dir / "report.md"
-    if run.ran or not report.exists():  # a no-op re-run keeps the report (writing it loads models)
+    arena = run.dir / "arena" / "ratings.json"
+    if run.ran or not report.exists() or (arena.exists() and arena.stat().st_mtime > report.stat().st_mtime):
+        # a no-op re-run keeps the report (writing it loads models)
         report = write_report(run.dir, recipe_name=recipe.name, samples=recipe.eval.report_samples)
     print()
     print(stage_table(run.dir))

@@ -114,6 +114,25 @@ def _samples(run_dir: Path, count: int) -> str:
     return "\n".join(lines)
 
 
+def _arena(run_dir: Path) -> list[str]:
+    """The arena of the run's checkpoints (`pipeline.evaluation.run_arena`): ratings table and plot."""
+    from pipeline.arena import ratings_markdown
+
+    ratings, summary = run_dir / "arena" / "ratings.json", run_dir / "arena" / "summary.json"
+    if not ratings.exists():
+        return []
+    info = json.loads(summary.read_text()) if summary.exists() else {}
+    parts = ["## Arena", "",
+             f"Every checkpoint against every other on the test prompts, 2 answers each at the chat default "
+             f"(T=0.7, top-p 0.95), judged by `{info.get('judge', '?')}` in both orders (ties count half); "
+             f"Bradley–Terry ratings (400 points = 10:1 odds, mean 1000) with 95% bootstrap CIs by prompt "
+             f"({info.get('battles', '?')} verdicts; `arena/`).", "",
+             ratings_markdown(json.loads(ratings.read_text())), ""]
+    if (run_dir / "arena" / "ratings.png").exists():
+        parts += ["![arena](arena/ratings.png)", ""]
+    return parts
+
+
 def write_report(run_dir: str | Path, *, recipe_name: str, samples: int = 4) -> Path:
     run_dir = Path(run_dir)
     parts = [f"# chatsmith run: {recipe_name}", "", f"Run directory: `{run_dir}`", "", "## Stages", "", stage_table(run_dir), ""]
@@ -132,6 +151,7 @@ def write_report(run_dir: str | Path, *, recipe_name: str, samples: int = 4) -> 
                   f"comparisons from {build.get('prompts')} prompts ({build.get('eval_prompts')} held out); "
                   f"{build.get('tied_pairs_dropped')} tied pairs dropped",
                   "- agreement and labeler figures: `chatsmith labels stats labels/ingest`", ""]
+    parts += _arena(run_dir)
     parts += ["## Curves", ""]
     for name in STAGE_ORDER:
         plot = _plot(run_dir, name)

@@ -70,6 +70,21 @@ def test_report_has_table_plots_and_samples(run_dir):
     assert "- sft:" in report and "- base:" in report
 
 
+def test_run_ends_with_an_arena_of_its_checkpoints(run_dir):
+    ratings = json.loads((run_dir / "arena" / "ratings.json").read_text())
+    assert set(ratings) == {"pretrain", "sft", "ppo"}  # keyed by stage name
+    for r in ratings.values():
+        assert r["ci95"][0] <= r["rating"] <= r["ci95"][1]
+    assert ratings["pretrain"]["rating"] == min(r["rating"] for r in ratings.values())  # it never learned to answer
+    summary = json.loads((run_dir / "arena" / "summary.json").read_text())
+    sft = json.loads((run_dir / "sft" / "eval.json").read_text())
+    # every pair, both orders, 2 samples, on every test prompt
+    assert summary["judge"] == "gold" and summary["battles"] == 3 * 2 * 2 * sft["eval_prompts_test"]
+    report = (run_dir / "report.md").read_text()
+    assert "## Arena" in report and "| pretrain |" in report and "![arena](arena/ratings.png)" in report
+    assert (run_dir / "arena" / "ratings.png").stat().st_size > 1000
+
+
 def test_checkpoints_load_in_plain_transformers(run_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
