@@ -188,6 +188,10 @@ class Recipe(Frozen):
         if ppo is not None and getattr(ppo, "select_best", "last") == "gold" and (self.data.source != "demo" or ppo.eval_prompts):
             return [("stages.ppo.select_best", "gold needs a gold judge, which only the demo world's own held-out prompts "
                                                "have (data.source: demo, no stages.ppo.eval_prompts); use reward or last")]
+        if ppo is not None and getattr(ppo, "select_best", "last") == "holdout_reward" and not ppo.reward_model \
+                and not (self.stages.reward and self.stages.reward.holdout_fraction > 0):
+            return [("stages.ppo.select_best", "holdout_reward needs a held-out reward model: set "
+                                               "stages.reward.holdout_fraction (e.g. 0.5)")]
         return []
 
 

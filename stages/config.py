@@ -200,6 +200,11 @@ class RewardStageConfig(TrainCommon, TRLDataConfig):
     """Auxiliary loss that keeps rewards centred on zero (TRL)."""
     use_margin: bool = True
     """Use the comparisons' `margin` (from ratings) in the loss when present."""
+    holdout_fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of the training comparisons (chosen by a hash of the prompt) that train a second, held-out reward
+    model instead of this one (`DIR/reward/holdout/`, the same settings). With no gold judge (real data) it is
+    the check on over-optimisation: it scores the RL stage's monitor answers (`monitor_holdout_reward_score`),
+    and `stages.ppo.select_best: holdout_reward` keeps the checkpoint it rates best. 0: none (half the cost)."""
     lora: LoraConfig = LoraConfig()
     """LoRA instead of full fine-tuning."""
     trust_remote_code: bool = False
@@ -295,9 +300,11 @@ class PPOConfig(OnlineRLCommon):
     """Value model from the reward model, or from the policy with a zero-initialised head."""
     eval_steps: int = Field(10, gt=0)
     """Score the held-out prompts (reward model + gold judge) every this many updates."""
-    select_best: Literal["last", "gold", "reward"] = "last"
-    """Which checkpoint becomes the stage output: the last, or the best by gold score / reward
-    (`gold` needs a gold judge: the demo world's own held-out prompts)."""
+    select_best: Literal["last", "gold", "reward", "holdout_reward"] = "last"
+    """Which checkpoint becomes the stage output: the last, or the best on the monitor's dev prompts by gold
+    score (needs a gold judge: the demo world's own held-out prompts), by the reward model's score (which the
+    policy optimises: it favours the most over-optimised), or by the held-out reward model's
+    (`stages.reward.holdout_fraction` > 0; for real runs)."""
     logprobs_from_generation: bool = True
     """Take the rollout log-probs from the logits `generate` already computed (saves one policy
     forward per update). Turn off under bf16, where KV-cached and full-forward logits differ enough

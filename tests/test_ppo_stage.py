@@ -378,3 +378,23 @@ def test_exact_resume_after_kill(heron_world, tmp_path):
     untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert untimed(read_jsonl(straight / "metrics.jsonl")) == untimed(read_jsonl(cut / "metrics.jsonl"))
     assert json.loads((straight / "eval.json").read_text()) == json.loads((cut / "eval.json").read_text())
+
+
+def test_held_out_reward_model_scores_the_monitor_and_selects(heron_world, tmp_path):
+    """A reward dir with holdout/ (the reward stage's `holdout_fraction`): the monitor scores with it too
+    (`eval_holdout_reward_score`, `monitor_holdout_reward_score`) and `select_best: holdout_reward` keeps the
+    update it rates best."""
+    import shutil
+
+    reward = tmp_path / "reward"
+    shutil.copytree(heron_world["reward"], reward)
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        _run(heron_world, _config(select_best="holdout_reward"), tmp_path / "x", reward_model=reward)
+    shutil.copytree(heron_world["reward"], reward / "holdout")
+    out = tmp_path / "ppo"
+    result = _run(heron_world, _config(select_best="holdout_reward", max_steps=4, eval_steps=1), out, reward_model=reward)
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_holdout_reward_score" in r]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    best = max(rows[1:], key=lambda r: r["eval_holdout_reward_score"])
+    assert result["selected_step"] == best["step"]
+    assert "monitor_holdout_reward_score" in result and "monitor_holdout_reward_score_sft" in result

@@ -76,6 +76,7 @@ def test_missing_recipe_file():
     (["stages.pretrain=null"], "stages.sft.init_from: required when stages.pretrain is null"),
     (["stages.reward=null"], "stages.ppo.reward_model: required by algorithm ppo"),
     (["stages.ppo.select_best=gold", "stages.ppo.eval_prompts=/data/mine.jsonl"], "stages.ppo.select_best: gold needs a gold judge"),
+    (["stages.ppo.select_best=holdout_reward"], "stages.ppo.select_best: holdout_reward needs a held-out reward model"),
     (["stages.ppo.gradient_accumulation_steps=3"], "stages.ppo.gradient_accumulation_steps"),
     (["stages.ppo={algorithm: grpo, rollout_batch_size: 3, num_generations: 3, num_minibatches: 2}"], "stages.ppo.num_generations"),
     (["stages.ppo.algorithm=sac"], "stages.ppo.algorithm: 'sac' is not one of"),

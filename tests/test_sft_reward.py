@@ -174,3 +174,30 @@ def test_reward_data_errors_name_the_line(tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [_comparisons(1)[0], {"prompt": "x", "chosen": "y"}])
     with pytest.raises(ValueError, match=r"bad.jsonl:2: a comparison needs \['rejected'\]"):
         comparisons(tmp_path / "bad.jsonl", use_margin=True)
+
+
+def test_held_out_reward_model_trains_on_a_disjoint_share_of_prompts(tiny_assets, tmp_path):
+    """`holdout_fraction`: a second reward model in reward/holdout/ from the comparisons of other prompts."""
+    from stages.config import RewardStageConfig
+    from stages.rlhf import reward
+
+    write_jsonl(tmp_path / "train.jsonl", _comparisons(48))
+    write_jsonl(tmp_path / "eval.jsonl", _comparisons(8))
+    config = RewardStageConfig(max_steps=4, save_steps=4, logging_steps=2, batch_size=8, learning_rate=3e-3, max_length=64,
+                               holdout_fraction=0.5)
+    out = tmp_path / "reward"
+    metrics = reward.run(config, init_from=tiny_assets["policy"], train_data=tmp_path / "train.jsonl",
+                         eval_data=tmp_path / "eval.jsonl", output_dir=out)
+    held = json.loads((out / "holdout" / "eval.json").read_text())
+    assert metrics["train_comparisons"] + held["train_comparisons"] == 48
+    assert 0 < held["train_comparisons"] < 48 and metrics["holdout_train_comparisons"] == held["train_comparisons"]
+    assert metrics["holdout_pairwise_accuracy"] == held["pairwise_accuracy"]
+    for d in (out, out / "holdout"):
+        assert (d / "model.safetensors").exists() and (d / "reward_stats.json").exists() and not (d / "resume").exists()
+    # the split is by prompt, from the prompt alone
+    dataset = reward.comparisons(tmp_path / "train.jsonl", use_margin=False)
+    main, holdout = reward.split_by_prompt(dataset, 0.5)
+    assert {str(r["prompt"]) for r in main}.isdisjoint({str(r["prompt"]) for r in holdout})
+    again = reward.split_by_prompt(dataset.shuffle(seed=1), 0.5)[1]
+    assert sorted(str(r["prompt"]) for r in again) == sorted(str(r["prompt"]) for r in holdout)
+    assert _weights(out).keys() == _weights(out / "holdout").keys()

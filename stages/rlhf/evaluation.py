@@ -34,10 +34,10 @@ class HeldOutEval:
     over processes and returned as lists in prompt order."""
 
     def __init__(self, config: RLCommon, accelerator, tokenizer, prompts: list[list[int]], rows: list[dict], *, reward_model, gold_scorer,
-                 chunk: int, stop_ids: list[int]):
+                 chunk: int, stop_ids: list[int], holdout_model=None):
         self.config, self.accelerator, self.tokenizer = config, accelerator, tokenizer
         self.prompts, self.rows = prompts, rows
-        self.reward_model, self.gold_scorer = reward_model, gold_scorer
+        self.reward_model, self.gold_scorer, self.holdout_model = reward_model, gold_scorer, holdout_model
         self.stop_ids = list(stop_ids)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.chunk = chunk
@@ -52,17 +52,21 @@ class HeldOutEval:
                                                          stop_ids=self.stop_ids)
             batch = assemble(prompt_ids, prompt_mask, reply, self.stop_ids)
             device = self.accelerator.device
-            scores = [None] * len(indices)
-            if self.reward_model is not None:
-                scores = torch.cat([
-                    sequence_scores(self.reward_model, batch.input_ids[r].to(device), batch.attention_mask[r].to(device), batch.position_ids[r].to(device)).cpu()
+            def scored_by(model) -> list:
+                if model is None:
+                    return [None] * len(indices)
+                return torch.cat([
+                    sequence_scores(model, batch.input_ids[r].to(device), batch.attention_mask[r].to(device), batch.position_ids[r].to(device)).cpu()
                     for r in in_chunks(self.config.batch_size, len(indices))
                 ]).tolist()
+
+            scores, held = scored_by(self.reward_model), scored_by(self.holdout_model)
             texts = [self._decode(row, ended) for row, ended in zip(batch.reply.tolist(), batch.ended.tolist())]
             gold = self.gold_scorer([self.rows[i] for i in indices], texts) if self.gold_scorer else [None] * len(indices)
             kl = self._kl_to_reference(model, reference, prompts) if reference is not None else [None] * len(indices)
             for j, i in enumerate(indices):
-                results.append((i, None if scores[j] is None else float(scores[j]), None if gold[j] is None else float(gold[j]), bool(batch.ended[j]), int(batch.mask[j].sum()), kl[j]))
+                results.append((i, None if scores[j] is None else float(scores[j]), None if gold[j] is None else float(gold[j]),
+                                bool(batch.ended[j]), int(batch.mask[j].sum()), kl[j], None if held[j] is None else float(held[j])))
         gathered = self.accelerator.gather_for_metrics(results, use_gather_object=True) if self.world > 1 else results
         gathered = sorted(gathered)
         return {
@@ -71,6 +75,7 @@ class HeldOutEval:
             "ended": [r[3] for r in gathered],
             "length": [r[4] for r in gathered],
             "kl": [r[5] for r in gathered],
+            "holdout_reward": [r[6] for r in gathered],
         }
 
     def _decode(self, tokens: list[int], ended: bool) -> str:
@@ -121,12 +126,16 @@ def mean(values: list) -> float | None:
 
 def summary(results: dict, count: int | None = None) -> dict:
     take = (lambda xs: xs[:count]) if count is not None else (lambda xs: xs)
-    return {
+    out = {
         "gold_score": mean(take(results["gold"])),
         "reward_score": mean(take(results["reward"])),
         "end_of_turn_rate": mean([float(e) for e in take(results["ended"])]),
         "reply_length": mean(take(results["length"])),
     }
+    held = mean(take(results.get("holdout_reward") or []))
+    if held is not None:  # only with a held-out reward model
+        out["holdout_reward_score"] = held
+    return out
 
 
 def prompt_rows(config: RLCommon, prompts: str | Path, eval_prompts: str | Path | None) -> tuple[list[dict], list[dict]]:

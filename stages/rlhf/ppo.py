@@ -43,12 +43,15 @@ from stages.config import PPOConfig
 from stages.distributed import full_state_dict, gathered, make_accelerator, set_deepspeed_micro_batch
 from stages.rlhf import ppo_core as core
 from stages.rlhf.evaluation import GoldScorer, HeldOutEval, eval_report, prompt_rows, summary
-from stages.rlhf.models import PolicyAndValue, load_ppo_models, load_rl_tokenizer
+from stages.rlhf.models import PolicyAndValue, load_ppo_models, load_reward_model, load_rl_tokenizer
+from stages.rlhf.reward import HOLDOUT_DIR
 from stages.rlhf.rollout import (PromptStream, Rollout, assemble, encode_prompts, generate, in_chunks, read_reward_stats,
                                  reply_logits, sequence_scores, shaped_scores)
 
 log = logging.getLogger("chatsmith.ppo")
 BEST_POLICY = "best_policy.safetensors"
+SELECTION_KEYS = {"gold": "gold_score", "reward": "reward_score", "holdout_reward": "holdout_reward_score"}
+"""`select_best` -> the monitor's figure it maximises."""
 
 
 class PPOStopped(RuntimeError):
@@ -71,6 +74,10 @@ def run(config: PPOConfig, *, policy: str | Path, reward_model: str | Path, prom
     if config.select_best == "gold" and gold_scorer is None:
         raise ValueError("select_best='gold' needs a gold_scorer (the demo world's held-out prompts)")
     policy_path, reward_path = Path(policy), Path(reward_model)
+    holdout_path = reward_path / HOLDOUT_DIR  # the held-out reward model, when the reward stage trained one
+    if config.select_best == "holdout_reward" and not (holdout_path / "config.json").exists():
+        raise ValueError(f"select_best='holdout_reward' needs a held-out reward model in {holdout_path} "
+                         f"(train the reward stage with holdout_fraction > 0)")
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    mixed_precision="bf16" if config.bf16 and torch.cuda.is_available() else "no",
                                    report_to=config.report_to, output_dir=output_dir)
@@ -81,7 +88,8 @@ def run(config: PPOConfig, *, policy: str | Path, reward_model: str | Path, prom
                          models=load_ppo_models(config, policy_path, reward_path, chat_format),
                          train_prompts=encode_prompts(tokenizer, train_rows, config.max_prompt_length),
                          eval_rows=eval_rows, reward_stats=read_reward_stats(reward_path, config.normalize_reward),
-                         gold_scorer=gold_scorer, output_dir=Path(output_dir))
+                         gold_scorer=gold_scorer, output_dir=Path(output_dir),
+                         holdout_model=load_reward_model(config, holdout_path) if (holdout_path / "config.json").exists() else None)
     resumed = trainer.load_resume()
     metrics = MetricsLog(trainer.output_dir / "metrics.jsonl", resume_step=trainer.state["step"] if resumed else 0,
                          enabled=accelerator.is_main_process, accelerator=accelerator)
@@ -187,7 +195,7 @@ class PPOTrainer:
 
     def __init__(self, config: PPOConfig, *, accelerator, tokenizer, chat_format: ChatFormat, models,
                  train_prompts: list[list[int]], eval_rows: list[dict], reward_stats: dict | None,
-                 gold_scorer: GoldScorer | None, output_dir: Path):
+                 gold_scorer: GoldScorer | None, output_dir: Path, holdout_model=None):
         self.config, self.accelerator, self.tokenizer, self.chat_format = config, accelerator, tokenizer, chat_format
         policy, self.reference, self.reward_model, value = models
         self.train_prompts, self.eval_rows = train_prompts, eval_rows
@@ -202,11 +210,14 @@ class PPOTrainer:
         eval_prompts = encode_prompts(tokenizer, eval_rows, config.max_prompt_length)
         self.num_monitor = min(config.num_eval_prompts, len(eval_prompts))
         self.evaluator = HeldOutEval(config, accelerator, tokenizer, eval_prompts, eval_rows, reward_model=self.reward_model,
-                                     gold_scorer=gold_scorer, chunk=max(self.chunk, config.batch_size), stop_ids=self.stop_ids)
+                                     gold_scorer=gold_scorer, chunk=max(self.chunk, config.batch_size), stop_ids=self.stop_ids,
+                                     holdout_model=holdout_model)
         self.state = {"step": 0, "best": None, "first_reply_length": None, "sft_eval": None, "last_good_step": 0}
 
         self.reference.to(accelerator.device)
         self.reward_model.to(accelerator.device)
+        if holdout_model is not None:
+            holdout_model.to(accelerator.device)
         groups = [
             {"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate},
             {"params": [p for p in value.parameters() if p.requires_grad], "lr": config.value_learning_rate or config.learning_rate},
@@ -358,7 +369,7 @@ class PPOTrainer:
             result = summary(self.evaluator.evaluate(policy, self.num_monitor))
         config = self.config
         if config.select_best != "last":
-            score = result["gold_score" if config.select_best == "gold" else "reward_score"]
+            score = result[SELECTION_KEYS[config.select_best]]
             best = self.state["best"]
             if best is None or score > best["score"]:
                 self.state["best"] = {"score": score, "step": step}

@@ -6,7 +6,10 @@ In:  the SFT checkpoint (or any causal-LM dir; a fresh 1-output score head is pu
 Out: `output_dir/` — an `AutoModelForSequenceClassification` checkpoint (num_labels=1) with the
      tokenizer and `chat_format.json`, `metrics.jsonl`, `eval.json` (`pairwise_accuracy` on held-out comparisons, reward
      mean/std, how many comparisons `max_length` left out) and `reward_stats.json` (mean/std of rewards over a
-     sample of the training replies, which PPO uses to normalise rewards).
+     sample of the training replies, which PPO uses to normalise rewards). With `holdout_fraction`, also
+     `output_dir/holdout/`: a second reward model, the same way, on the comparisons of a disjoint share of the
+     prompts (its `pairwise_accuracy` is `holdout_pairwise_accuracy` in eval.json): the RL stage's check on
+     over-optimising this one.
 
 The score is read at the last token of prompt + reply — the end-of-turn token. After training, comparisons are
 scored as training saw them (`evaluate`): rendered with the tokenizer's chat template, pairs longer than
@@ -137,13 +140,56 @@ def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> dict:
             "eval_margin_mean": sum(c - r for c, r in zip(chosen, rejected)) / max(1, len(wins))}
 
 
+HOLDOUT_DIR = "holdout"
+"""`output_dir/holdout/`: the held-out reward model (`RewardStageConfig.holdout_fraction`)."""
+
+
+def split_by_prompt(dataset, fraction: float):
+    """(main, held-out) comparisons: a comparison is held out when a hash of its prompt falls below `fraction`,
+    so every comparison of a prompt lands on the same side, and the split does not depend on the seed or order."""
+    import hashlib
+    import json
+
+    def held_out(row) -> bool:
+        digest = hashlib.sha256(json.dumps(row["prompt"], sort_keys=True, ensure_ascii=False).encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+
+    flags = [held_out(row) for row in dataset]
+    return (dataset.select([i for i, f in enumerate(flags) if not f]), dataset.select([i for i, f in enumerate(flags) if f]))
+
+
 def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | Path, output_dir: str | Path,
         eval_data: str | Path | None = None, meta: Optional[dict] = None) -> dict:
+    """Train the reward model (and first, with `holdout_fraction`, the held-out one on its share of the prompts)."""
+    import json
+
+    output_dir = Path(output_dir)
+    train = comparisons(train_data, use_margin=config.use_margin)
+    if not config.holdout_fraction:
+        return train_one(config, init_from=init_from, train=train, output_dir=output_dir, eval_data=eval_data, meta=meta)
+    train, held = split_by_prompt(train, config.holdout_fraction)
+    if not len(train) or not len(held):
+        raise ValueError(f"reward: holdout_fraction={config.holdout_fraction} leaves {len(train)} comparisons for the reward "
+                         f"model and {len(held)} for the held-out one; both need some")
+    holdout_dir = output_dir / HOLDOUT_DIR
+    if (holdout_dir / "eval.json").exists() and (holdout_dir / "config.json").exists():  # done before a crash
+        held_metrics = json.loads((holdout_dir / "eval.json").read_text())
+    else:
+        held_metrics = train_one(config, init_from=init_from, train=held, output_dir=holdout_dir, eval_data=eval_data,
+                                 meta={**(meta or {}), "holdout_of": "reward"})
+    metrics = train_one(config, init_from=init_from, train=train, output_dir=output_dir, eval_data=eval_data, meta=meta,
+                        extra={f"holdout_{k}": v for k, v in held_metrics.items()
+                               if k in ("pairwise_accuracy", "train_comparisons", "eval_comparisons", "steps")})
+    return metrics
+
+
+def train_one(config: RewardStageConfig, *, init_from: str | Path, train, output_dir: Path,
+              eval_data: str | Path | None = None, meta: Optional[dict] = None, extra: Optional[dict] = None) -> dict:
+    """One reward model on the comparisons `train` (a Dataset from `comparisons`) -> `output_dir`."""
     import torch
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    output_dir = Path(output_dir)
     tokenizer, chat_format = load_chat_tokenizer(init_from, where="reward", trust_remote_code=config.trust_remote_code)
     torch.manual_seed(config.seed)  # the fresh score head
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -162,7 +208,6 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
         disable_dropout=True,
         dataset_num_proc=config.dataset_num_proc,
     )
-    train = comparisons(train_data, use_margin=config.use_margin)
     trainer = RewardTrainer(
         model=model, args=args, train_dataset=train, processing_class=tokenizer,
         peft_config=peft_config(config.lora, task_type="SEQ_CLS"),
@@ -175,6 +220,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     final.eval()
     metrics: dict = {"train_comparisons": len(train), "steps": trainer.state.global_step}
     stats = evaluate(final, tokenizer, config, trainer=trainer, eval_data=eval_data, metrics=metrics)
+    metrics.update(extra or {})
     if trainer.is_world_process_zero():
         save_checkpoint(final, tokenizer, output_dir, chat_format=chat_format,
                         meta={"stage": "reward", "config": config.model_dump(mode="json"), **(meta or {})})
