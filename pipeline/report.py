@@ -84,6 +84,59 @@ def _plot(run_dir: Path, name: str) -> str | None:
     return str(out.relative_to(run_dir))
 
 
+def over_optimisation_points(rows: list[dict]) -> list[dict]:
+    """The RL stage's monitor evaluations against the KL the policy had reached: {kl, gold, reward, holdout}
+    per evaluated update (KL: the mean sequence KL of that update's rollouts to the reference; update 0 is the
+    SFT policy, KL 0). The monitor's scores are of greedy answers to the dev prompts."""
+    kl_at = {r["step"]: r["kl"] for r in rows if r.get("kl") is not None}
+    points = []
+    for r in rows:
+        if r.get("eval_reward_score") is None:
+            continue
+        kl = 0.0 if r["step"] == 0 else kl_at.get(r["step"])
+        if kl is not None:
+            points.append({"step": r["step"], "kl": kl, "gold": r.get("eval_gold_score"), "reward": r["eval_reward_score"],
+                           "holdout": r.get("eval_holdout_reward_score")})
+    return points
+
+
+def _over_optimisation_plot(run_dir: Path) -> str | None:
+    """Gold score and proxy reward (and the held-out reward model's) against KL to SFT: the over-optimisation
+    curve (Gao et al., 2022). Reward keeps rising with KL; gold, where there is one, peaks and falls."""
+    path = run_dir / "ppo" / "metrics.jsonl"
+    points = over_optimisation_points(read_jsonl(path)) if path.exists() else []
+    if len(points) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    kl = [p["kl"] for p in points]
+    left.plot(kl, [p["reward"] for p in points], marker=".", color="tab:blue", label="reward model (proxy)")
+    if any(p["holdout"] is not None for p in points):
+        left.plot(kl, [p["holdout"] for p in points], marker=".", color="tab:green", label="held-out reward model")
+    left.set_xlabel("KL(policy || SFT) of the update's rollouts")
+    left.set_ylabel("reward model score")
+    left.grid(alpha=0.3)
+    handles = left.get_legend_handles_labels()
+    if any(p["gold"] is not None for p in points):
+        right = left.twinx()
+        right.plot(kl, [p["gold"] for p in points], marker=".", color="tab:red", label="gold")
+        right.set_ylabel("gold score")
+        more = right.get_legend_handles_labels()
+        handles = (handles[0] + more[0], handles[1] + more[1])
+    left.legend(*handles, loc="lower right", fontsize=8)
+    fig.suptitle("over-optimisation: monitor (dev prompts, greedy) vs KL")
+    fig.tight_layout()
+    out = run_dir / "plots" / "over_optimisation.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return str(out.relative_to(run_dir))
+
+
 def _samples(run_dir: Path, count: int) -> str:
     answers = {}
     for name in ("sft", "ppo"):
@@ -157,6 +210,13 @@ def write_report(run_dir: str | Path, *, recipe_name: str, samples: int = 4) -> 
         plot = _plot(run_dir, name)
         if plot:
             parts += [f"![{name}]({plot})", ""]
+    curve = _over_optimisation_plot(run_dir)
+    if curve:
+        parts += ["## Over-optimisation", "",
+                  "The RL stage's monitor (greedy answers to the dev prompts) against the KL its policy had reached: the "
+                  "proxy reward it optimises, the held-out reward model's score when the reward stage trained one, "
+                  "and the gold score on the demo. Reward rising while gold (or the held-out score) falls is reward "
+                  "hacking; `stages.ppo.select_best` picks the update kept.", "", f"![over-optimisation]({curve})", ""]
     parts.append(_samples(run_dir, samples))
     out = run_dir / "report.md"
     out.write_text("\n".join(parts) + "\n")

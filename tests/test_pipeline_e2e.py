@@ -68,6 +68,8 @@ def test_report_has_table_plots_and_samples(run_dir):
     assert "| pretrain |" in report and "| ppo |" in report
     assert "![ppo](plots/ppo.png)" in report and (run_dir / "plots" / "ppo.png").stat().st_size > 1000
     assert "- sft:" in report and "- base:" in report
+    assert "![over-optimisation](plots/over_optimisation.png)" in report
+    assert (run_dir / "plots" / "over_optimisation.png").stat().st_size > 1000
 
 
 def test_run_ends_with_an_arena_of_its_checkpoints(run_dir):
