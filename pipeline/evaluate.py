@@ -22,6 +22,15 @@ def load_chat_checkpoint(path: str | Path):
     return model, tokenizer, chat_format
 
 
+def load_reward_checkpoint(path: str | Path):
+    """(model, tokenizer) of a reward-model checkpoint, in eval mode (no gradients)."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer, _ = load_chat_tokenizer(path, where=f"evaluate {path}")
+    model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    return model.eval().requires_grad_(False), tokenizer
+
+
 def load_chat_model(path: str | Path):
     """(model, tokenizer) of `load_chat_checkpoint`."""
     model, tokenizer, _ = load_chat_checkpoint(path)

@@ -209,3 +209,40 @@ def run_arena(run) -> dict | None:
     write_json_atomic(arena / "made_from.json", stamp)
     run.say("arena: " + ", ".join(f"{n} {r['rating']:.0f} [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]" for n, r in ratings.items()))
     return ratings
+
+
+# ------------------------------------------------------------------------------------------ the reward model
+
+def evaluate_reward(run, reward_dir: Path, eval_data: Path | None) -> dict:
+    """The reward model's held-out pairwise accuracy with a 95% CI (bootstrap by prompt), scored as the stage
+    scores (pairs past `max_length` left out, as training leaves them out); on the demo also against the gold
+    judge (`Demo.reward_figures`)."""
+    import json
+
+    from stages.rlhf import reward as reward_stage
+
+    if eval_data is None or not Path(eval_data).exists():
+        return {}
+    rows = [dict(r) for r in reward_stage.comparisons(eval_data, use_margin=False)]
+    if not rows:
+        return {}
+    from pipeline.evaluate import load_reward_checkpoint
+
+    model, tokenizer = load_reward_checkpoint(reward_dir)
+    config = run.recipe.stages.reward
+    kept, pairs = [], []
+    for row in rows:
+        encoded, dropped = reward_stage.encode_pairs(tokenizer, [row], max_length=config.max_length)
+        if not dropped:
+            kept.append(row)
+            pairs += encoded
+    chosen, rejected = reward_stage.score_pairs(model, pairs, pad_token_id=tokenizer.pad_token_id,
+                                                batch_size=2 * config.batch_size)
+    wins = [float(c > r) for c, r in zip(chosen, rejected)]
+    clusters = [json.dumps(r["prompt"], sort_keys=True) for r in kept]
+    figures = {}
+    if wins:
+        figures["pairwise_accuracy_ci95"] = list(mean_ci(wins, clusters=clusters, seed=run.recipe.eval.seed)[1:])
+    if run.demo:
+        figures.update(run.demo.reward_figures(kept, chosen, rejected, clusters))
+    return figures

@@ -108,6 +108,10 @@ class Run:
                 from pipeline.evaluation import evaluate_stage
 
                 metrics = {**metrics, **evaluate_stage(self, name, out, reference=inputs.get("policy"))}
+            elif name == "reward":
+                from pipeline.evaluation import evaluate_reward
+
+                metrics = {**metrics, **evaluate_reward(self, out, inputs.get("eval_data"))}
         except BaseException as error:  # a crash is recorded (manifest + log), then re-raised as StageFailed
             raise self._failed(name, error) from error
         write_json_atomic(out / "eval.json", metrics)

@@ -83,6 +83,37 @@ class Demo:
         world = self.world
         return lambda rows, replies: [world.judge(row, reply) for row, reply in zip(rows, replies)]
 
+    def reward_figures(self, pairs: list[dict], chosen: list[float], rejected: list[float], clusters: list) -> dict:
+        """The reward model against the gold judge on the held-out comparisons: on the pairs gold does not tie
+        (scores more than TIE_WINDOW apart), how often the reward model orders them as gold does
+        (`pairwise_accuracy_gold`) and how often the labels did (`label_gold_agreement`), with 95% CIs by prompt.
+        The reward model learns the labels, so it should sit near or below the labels' agreement with gold."""
+        from pipeline.bootstrap import mean_ci
+        from pipeline.demo.world import TIE_WINDOW
+
+        model_agrees, labels_agree, kept = [], [], []
+        for pair, c_score, r_score, cluster in zip(pairs, chosen, rejected, clusters):
+            fact = self.world.question_fact(pair["prompt"][-1]["content"])
+            if fact is None:
+                continue
+            row = {"town": fact[0].name, "attribute": fact[1]}
+            gold_c = self.world.gold_score(row, pair["chosen"][-1]["content"])
+            gold_r = self.world.gold_score(row, pair["rejected"][-1]["content"])
+            if abs(gold_c - gold_r) <= TIE_WINDOW:
+                continue
+            gold_prefers_chosen = gold_c > gold_r
+            labels_agree.append(float(gold_prefers_chosen))  # the label says chosen > rejected
+            model_agrees.append(float((c_score > r_score) == gold_prefers_chosen))
+            kept.append(cluster)
+        if not kept:
+            return {}
+        seed = self.run.recipe.eval.seed
+        figures = {"gold_decided_pairs": len(kept)}
+        for key, values in (("pairwise_accuracy_gold", model_agrees), ("label_gold_agreement", labels_agree)):
+            mean, low, high = mean_ci(values, clusters=kept, seed=seed)
+            figures[key], figures[f"{key}_ci95"] = mean, [low, high]
+        return figures
+
     def stage_figures(self, records: list[dict], rows: list[dict]) -> dict:
         """Fact accuracy of greedy answers (gold's `truthful`), on towns in the SFT data and on towns whose facts
         only pretraining saw, with 95% CIs over facts."""
