@@ -5,7 +5,7 @@ STAMP := $(VENV)/.chatsmith-installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-quick bench clean
+.PHONY: setup demo demo-seeds demo-overopt readme-figures test test-quick bench clean
 
 $(STAMP): pyproject.toml requirements/tested.txt requirements/test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,22 @@ setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/chatsmith run recipes/tiny-cpu.yaml --out $(OUT)
+
+# The demo per seed (OUT/seed-N, OUT/seeds.{json,md}): what the README's figures come from.
+demo-seeds: setup
+	$(VENV)/bin/chatsmith run recipes/tiny-cpu.yaml --seeds 0,1,2 --out runs/seeds
+
+# Over-optimisation: no KL penalty, a held-out reward model picks the update kept; the same run with the
+# gold judge picking (only PPO re-runs) says how close that choice is to the best.
+OVEROPT := stages.ppo.kl_coef=0 stages.reward.holdout_fraction=0.5 stages.ppo.eval_steps=5
+demo-overopt: setup
+	$(VENV)/bin/chatsmith run recipes/tiny-cpu.yaml --out runs/overopt $(OVEROPT) stages.ppo.select_best=holdout_reward
+	rm -rf runs/overopt-select-gold && cp -r runs/overopt runs/overopt-select-gold
+	$(VENV)/bin/chatsmith run recipes/tiny-cpu.yaml --out runs/overopt-select-gold $(OVEROPT) stages.ppo.select_best=gold
+
+# The README's demo figures block and tests/bench/demo_figures.json, from the two targets above.
+readme-figures: setup
+	$(PY) tests/bench/readme_figures.py --seeds-dir runs/seeds --overopt runs/overopt --write
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests

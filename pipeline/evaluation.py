@@ -113,7 +113,7 @@ def against_sft(run, sft_dir: Path, model, tokenizer, records, test, clusters, c
         sft_records = answer(reference, reference_tokenizer, test, **common)
     judge_answers(sft_records, test, run_judges(run))
     ours, theirs = score_lists(records), score_lists(sft_records)
-    for key in ours.keys() & theirs.keys():
+    for key in sorted(ours.keys() & theirs.keys()):  # sorted: a set's order changes with PYTHONHASHSEED
         figures[f"{key}_sft"] = sum(theirs[key]) / len(theirs[key])
         judge, _, decoding = key.partition("_score_")
         diff, low, high = paired_difference_ci(ours[key], theirs[key], clusters=clusters)

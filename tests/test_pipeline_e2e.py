@@ -23,7 +23,7 @@ def test_every_stage_writes_its_contract(run_dir):
     for name, keys in {
         "pretrain": ["eval_loss", "bits_per_byte"],
         "sft": ["end_of_turn_rate_greedy", "fact_accuracy_seen", "fact_accuracy_pretrain_only", "gold_score_greedy",
-                "gold_score_chat", "gold_score_t1", "gold_score_greedy_ci95"],
+                "gold_score_chat", "gold_score_t1", "gold_score_greedy_ci95", "fact_accuracy_pair_unseen"],
         "reward": ["pairwise_accuracy", "pairwise_accuracy_ci95", "pairwise_accuracy_gold", "label_gold_agreement",
                    "pairwise_accuracy_gold_ci95", "gold_decided_pairs"],
         "ppo": ["gold_score_greedy", "gold_score_chat", "gold_score_t1", "end_of_turn_rate_greedy", "kl_to_sft",
@@ -199,3 +199,12 @@ def test_rewrite_loop_retrains_sft_and_every_later_stage(run_dir, tmp_path):
         if path.name in ("pretrain.jsonl", "eval_prompts.jsonl"):
             continue  # what pretraining reads, and the held-out test prompts
         assert not world.mentions_pretrain_only(path.read_text()), path
+
+
+def test_same_recipe_and_seed_give_identical_figures(run_dir, tmp_path):
+    """Reproducibility: the same recipe, seed and machine give byte-identical eval.json files (and arena)."""
+    again = tmp_path / "again"
+    chatsmith("run", DEMO, "--out", again, *TINY)
+    for name in ("pretrain", "sft", "reward", "ppo"):
+        assert (again / name / "eval.json").read_text() == (run_dir / name / "eval.json").read_text(), name
+    assert (again / "arena" / "ratings.json").read_text() == (run_dir / "arena" / "ratings.json").read_text()

@@ -7,7 +7,8 @@ package. `pipeline.demo.config` (the `data.world` settings) is the one module th
     Demo(run).before_stage("reward")     comparisons from the SFT checkpoint via simulated labelers
     Demo(run).gold_scorer(stage_config)  the gold judge as PPO's monitor takes it (the demo's own held-out prompts only)
     Demo(run).gold_judge()               the gold judge as the run's evaluation takes it (`pipeline.evaluation`)
-    Demo(run).stage_figures(...)         fact accuracy on towns seen in SFT and on pretrain-only towns
+    Demo(run).stage_figures(...)         fact accuracy on towns seen in SFT, on pretrain-only towns, on unasked facts
+    Demo(run).reward_figures(...)        the reward model and the labels against the gold judge
 """
 
 from __future__ import annotations
@@ -115,15 +116,19 @@ class Demo:
         return figures
 
     def stage_figures(self, records: list[dict], rows: list[dict]) -> dict:
-        """Fact accuracy of greedy answers (gold's `truthful`), on towns in the SFT data and on towns whose facts
-        only pretraining saw, with 95% CIs over facts."""
+        """Fact accuracy of greedy answers (gold's `truthful`), on towns in the SFT data (`seen`), on towns whose
+        facts only pretraining saw (`pretrain_only`) and on facts of SFT towns no training data asks
+        (`pair_unseen`), with 95% CIs over facts."""
         from pipeline.bootstrap import mean_ci
         from pipeline.evaluation import cluster_of
 
         figures = {}
-        for label, wanted in (("seen", True), ("pretrain_only", False)):
+        groups = {"seen": lambda row: bool(row.get("seen")), "pretrain_only": lambda row: not row.get("seen"),
+                  # towns SFT saw, but a fact of theirs no training data asks about
+                  "pair_unseen": lambda row: bool(row.get("seen")) and bool(row.get("pair_unseen"))}
+        for label, wanted in groups.items():
             chosen = [(float(r["greedy"][0]["verdicts"]["gold"]["truthful"] == 1.0), cluster_of(row, i))
-                      for i, (r, row) in enumerate(zip(records, rows)) if bool(row.get("seen")) == wanted]
+                      for i, (r, row) in enumerate(zip(records, rows)) if wanted(row)]
             if not chosen:
                 continue
             values, clusters = [v for v, _ in chosen], [c for _, c in chosen]
