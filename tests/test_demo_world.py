@@ -130,6 +130,12 @@ def test_gold_judge_prefers_truthful_polite_plain_concise():
     rambling = f"Well, let me think about {town.name}. " * 5 + f"The river is the {right}."
     assert world.gold_score(row, rambling) < good
     assert world.gold_score(row, "") == world.judge(row, "")["score"] < 0.5
+    # a document continued instead of a question answered (what a pretrained-only model writes) names other facts:
+    # not plain, and worse than a hedged answer
+    continued = f". The river of {town.name} is the {right}. The dish of {town.name} is {town.facts['dish']}."
+    verdict = world.judge(row, continued)
+    assert verdict["off_topic"] == 1.0 and verdict["plain"] == 0.0 and verdict["truthful"] == 1.0
+    assert verdict["score"] < world.gold_score(row, f"I think the river of {town.name} is the {right}, but I'm not completely sure.")
 
 
 def test_noisier_labelers_disagree_more():

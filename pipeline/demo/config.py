@@ -52,7 +52,7 @@ class WorldConfig(Frozen):
     """K candidate replies per comparison task."""
     labelers: int = Field(8, gt=1)
     """Simulated labelers."""
-    labeler_noise: float = Field(0.18, ge=0)
+    labeler_noise: float = Field(0.12, ge=0)
     """Std of the noise each labeler adds to the value they see in a reply before ranking (some get 3x)."""
     pleasantry_bias: float = Field(0.15, ge=0)
     """The labelers' systematic bias: how much each pleasantry ("Great question!", "I hope this helps!")
