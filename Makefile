@@ -25,7 +25,7 @@ demo-seeds: setup
 
 # Over-optimisation: no KL penalty, a held-out reward model picks the update kept; the same run with the
 # gold judge picking (only PPO re-runs) says how close that choice is to the best.
-OVEROPT := stages.ppo.kl_coef=0 stages.reward.holdout_fraction=0.5 stages.ppo.eval_steps=5
+OVEROPT := stages.ppo.kl_coef=0 stages.reward.holdout_fraction=0.5 stages.ppo.max_steps=150 stages.ppo.eval_steps=10 stages.ppo.num_eval_prompts=240
 demo-overopt: setup
 	$(VENV)/bin/chatsmith run recipes/tiny-cpu.yaml --out runs/overopt $(OVEROPT) stages.ppo.select_best=holdout_reward
 	rm -rf runs/overopt-select-gold && cp -r runs/overopt runs/overopt-select-gold

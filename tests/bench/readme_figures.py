@@ -74,8 +74,8 @@ def collect(seeds_dir: Path, overopt: Path | None) -> dict:
         points = over_optimisation_points(read_jsonl(overopt / "ppo" / "metrics.jsonl"))
         final = json.loads((overopt / "ppo" / "eval.json").read_text())
         figures["overopt"] = {
-            "command": "chatsmith run recipes/tiny-cpu.yaml stages.ppo.kl_coef=0 stages.reward.holdout_fraction=0.5 "
-                       "stages.ppo.select_best=holdout_reward",
+            "command": "make demo-overopt (chatsmith run recipes/tiny-cpu.yaml stages.ppo.kl_coef=0 stages.reward.holdout_fraction=0.5 "
+                       "stages.ppo.max_steps=150 stages.ppo.eval_steps=10 stages.ppo.num_eval_prompts=240 stages.ppo.select_best=holdout_reward)",
             "points": points, "selected_step": final.get("selected_step"),
             "test_gold_score_greedy_selected": final.get("gold_score_greedy"),
         }
