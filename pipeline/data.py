@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from stages.common import write_json_atomic, write_jsonl
@@ -150,6 +151,7 @@ def build_labels(run) -> dict:
 
     data, labels = run.recipe.data, run.dir / "labels"
     files = _user_files(run)
+    shutil.rmtree(labels / USER_INGEST, ignore_errors=True)  # only the exports the recipe lists now
     ingested = ingest_all([s.model_dump() for s in data.labels], labels / USER_INGEST) if data.labels else []
     for summary in ingested:
         run.say(f"labels: {summary['dir']}: read {summary['read']}, accepted {summary['accepted']}, "

@@ -67,12 +67,15 @@ class Demo:
         sft_dir = Path(run.recipe.stages.reward.init_from or run.stage_dir("sft"))
         stamp = run.dir / "labels" / "made_from.json"
         sft_sha = run.manifest.sha256(sft_dir) if run.manifest else sha256_path(sft_dir)
-        if stamp.exists() and json.loads(stamp.read_text()).get("sft_sha256") == sft_sha:
+        data_json = run.data_path("data.json")  # the recipe's own sources join these comparisons
+        data_sha = json.loads(data_json.read_text()).get("config_sha256") if data_json.exists() else None
+        made = json.loads(stamp.read_text()) if stamp.exists() else {}
+        if made.get("sft_sha256") == sft_sha and made.get("data_sha256") == data_sha:
             return
         run.say("labels: sampling candidates from the SFT checkpoint, simulated labelers rank them")
         started = time.perf_counter()
         result = make_comparisons(run, self.world, sft_dir)
-        write_json_atomic(stamp, {"sft_sha256": sft_sha, "seconds": round(time.perf_counter() - started, 1),
+        write_json_atomic(stamp, {"sft_sha256": sft_sha, "data_sha256": data_sha, "seconds": round(time.perf_counter() - started, 1),
                                   "ingest": result["ingest"], "build": {k: v for k, v in result["build"].items() if k != "paths"}})
 
     def gold_scorer(self, stage_config):

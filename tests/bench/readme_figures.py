@@ -45,7 +45,7 @@ HEADLINE = [  # (stage, key, what it says)
 ]
 
 
-def collect(seeds_dir: Path, overopt: Path | None) -> dict:
+def collect(seeds_dir: Path, overopt: Path | None, commit: str | None = None) -> dict:
     sys.path.insert(0, str(REPO))
     from pipeline.bootstrap import across_seeds
     from pipeline.report import over_optimisation_points
@@ -69,7 +69,7 @@ def collect(seeds_dir: Path, overopt: Path | None) -> dict:
         if path.exists():
             arena[str(s)] = json.loads(path.read_text())
     figures = {"seeds": seeds, "command": f"chatsmith run recipes/tiny-cpu.yaml --seeds {','.join(map(str, seeds))}",
-               "commit": _commit(), "rows": rows, "arena": arena}
+               "commit": commit or _commit(), "rows": rows, "arena": arena}
     if overopt is not None:
         points = over_optimisation_points(read_jsonl(overopt / "ppo" / "metrics.jsonl"))
         final = json.loads((overopt / "ppo" / "eval.json").read_text())
@@ -117,12 +117,14 @@ def render(figures: dict) -> str:
             summary += f"; CI excludes 0 in {row['seeds_whose_ci_excludes_0']}/{len(seeds)} seeds"
         lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {summary} |")
     if figures.get("arena"):
+        names = [n for n in ("ppo", "sft", "pretrain") if all(n in r for r in figures["arena"].values())]
         lines += ["", "Arena (gold judge, test prompts, chat default; Bradley–Terry rating [95% CI by prompt]):", "",
-                  "| seed | " + " | ".join(next(iter(figures["arena"].values()))) + " |",
-                  "|---|" + "---|" * len(next(iter(figures["arena"].values())))]
+                  "| seed | " + " | ".join(names) + " | order, CIs apart |", "|---|" + "---|" * (len(names) + 1)]
         for s, ratings in figures["arena"].items():
-            lines.append(f"| {s} | " + " | ".join(f"{r['rating']:.0f} [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]"
-                                                  for r in ratings.values()) + " |")
+            ordered = all(ratings[a]["ci95"][0] > ratings[b]["ci95"][1] for a, b in zip(names, names[1:]))
+            lines.append(f"| {s} | " + " | ".join(f"{ratings[n]['rating']:.0f} [{ratings[n]['ci95'][0]:.0f}, "
+                                                  f"{ratings[n]['ci95'][1]:.0f}]" for n in names)
+                         + f" | {' > '.join(names) if ordered else 'no'} |")
     overopt = figures.get("overopt")
     if overopt:
         lines += ["", f"Over-optimisation (`{overopt['command']}`, seed {seeds[0]}): the monitor on the dev prompts "
@@ -147,9 +149,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds-dir", type=Path, required=True)
     parser.add_argument("--overopt", type=Path, default=None)
+    parser.add_argument("--commit", default=None, help="the commit the runs were made at (default: HEAD)")
     parser.add_argument("--write", action="store_true", help="write the figures file and the README block")
     args = parser.parse_args()
-    figures = collect(args.seeds_dir, args.overopt)
+    figures = collect(args.seeds_dir, args.overopt, args.commit)
     text = render(figures)
     if not args.write:
         print(text)
