@@ -67,9 +67,16 @@ def _sft_inputs(run, cfg) -> dict[str, Path]:
 
 def _reward_inputs(run, cfg) -> dict[str, Path]:
     build = run.dir / "labels" / "build"  # the demo's comparisons are built there too
-    return {"init_from": _parent(run, cfg, "sft", "reward"),
-            "train_data": Path(cfg.data or build / "comparisons_train.jsonl"),
-            "eval_data": Path(cfg.eval_data or build / "comparisons_eval.jsonl")}
+    inputs = {"init_from": _parent(run, cfg, "sft", "reward"),
+              "train_data": Path(cfg.data or build / "comparisons_train.jsonl"),
+              "eval_data": Path(cfg.eval_data or build / "comparisons_eval.jsonl")}
+    if cfg.holdout_fraction:  # the held-out reward model starts where SFT started (`holdout_init_from`)
+        sft = run.recipe.stages.sft
+        base = cfg.holdout_init_from or (_parent(run, sft, "pretrain", "sft") if sft else None)
+        if base is None:
+            raise MissingInput("stages.reward.holdout_init_from: required with holdout_fraction when stages.sft is null")
+        inputs["holdout_init_from"] = Path(base)
+    return inputs
 
 
 def _ppo_inputs(run, cfg) -> dict[str, Path]:
@@ -116,7 +123,7 @@ def _train_reward(cfg, inputs, out, *, meta, run) -> dict:
     from stages.rlhf import reward
 
     return reward.run(cfg, init_from=inputs["init_from"], train_data=inputs["train_data"], eval_data=inputs["eval_data"],
-                      output_dir=out, meta=meta)
+                      output_dir=out, meta=meta, holdout_init_from=inputs.get("holdout_init_from"))
 
 
 def _train_rl(cfg, inputs, out, *, meta, run) -> dict:

@@ -205,6 +205,11 @@ class RewardStageConfig(TrainCommon, TRLDataConfig):
     model instead of this one (`DIR/reward/holdout/`, the same settings). With no gold judge (real data) it is
     the check on over-optimisation: it scores the RL stage's monitor answers (`monitor_holdout_reward_score`),
     and `stages.ppo.select_best: holdout_reward` keeps the checkpoint it rates best. 0: none (half the cost)."""
+    holdout_init_from: Optional[str] = None
+    """Checkpoint the held-out reward model starts from (the tokenizer is the reward model's); None: the one SFT
+    started from (the run's pretrain output, or `stages.sft.init_from`). A different start than the reward
+    model's matters: one fine-tuned from the same SFT checkpoint shares its blind spots, and a policy that
+    fools one fools both (on the demo, degenerate replies such as "iviviv" score above correct answers with both)."""
     lora: LoraConfig = LoraConfig()
     """LoRA instead of full fine-tuning."""
     trust_remote_code: bool = False

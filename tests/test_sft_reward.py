@@ -187,8 +187,10 @@ def test_held_out_reward_model_trains_on_a_disjoint_share_of_prompts(tiny_assets
                                holdout_fraction=0.5)
     out = tmp_path / "reward"
     metrics = reward.run(config, init_from=tiny_assets["policy"], train_data=tmp_path / "train.jsonl",
-                         eval_data=tmp_path / "eval.jsonl", output_dir=out)
+                         eval_data=tmp_path / "eval.jsonl", output_dir=out, holdout_init_from=tiny_assets["reward"])
     held = json.loads((out / "holdout" / "eval.json").read_text())
+    meta = json.loads((out / "holdout" / "chatsmith.json").read_text())
+    assert meta["holdout_init_from"] == str(tiny_assets["reward"])  # another start than the reward model's
     assert metrics["train_comparisons"] + held["train_comparisons"] == 48
     assert 0 < held["train_comparisons"] < 48 and metrics["holdout_train_comparisons"] == held["train_comparisons"]
     assert metrics["holdout_pairwise_accuracy"] == held["pairwise_accuracy"]

@@ -7,8 +7,9 @@ Out: `output_dir/` — an `AutoModelForSequenceClassification` checkpoint (num_l
      tokenizer and `chat_format.json`, `metrics.jsonl`, `eval.json` (`pairwise_accuracy` on held-out comparisons, reward
      mean/std, how many comparisons `max_length` left out) and `reward_stats.json` (mean/std of rewards over a
      sample of the training replies, which PPO uses to normalise rewards). With `holdout_fraction`, also
-     `output_dir/holdout/`: a second reward model, the same way, on the comparisons of a disjoint share of the
-     prompts (its `pairwise_accuracy` is `holdout_pairwise_accuracy` in eval.json): the RL stage's check on
+     `output_dir/holdout/`: a second reward model on the comparisons of a disjoint share of the prompts, started
+     from the checkpoint SFT started from (`holdout_init_from`) so that it does not share this one's blind spots
+     (its `pairwise_accuracy` is `holdout_pairwise_accuracy` in eval.json): the RL stage's check on
      over-optimising this one.
 
 The score is read at the last token of prompt + reply — the end-of-turn token. After training, comparisons are
@@ -159,8 +160,9 @@ def split_by_prompt(dataset, fraction: float):
 
 
 def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | Path, output_dir: str | Path,
-        eval_data: str | Path | None = None, meta: Optional[dict] = None) -> dict:
-    """Train the reward model (and first, with `holdout_fraction`, the held-out one on its share of the prompts)."""
+        eval_data: str | Path | None = None, meta: Optional[dict] = None, holdout_init_from: str | Path | None = None) -> dict:
+    """Train the reward model (and first, with `holdout_fraction`, the held-out one on its share of the prompts,
+    from `holdout_init_from`: default `config.holdout_init_from`, else `init_from`)."""
     import json
 
     output_dir = Path(output_dir)
@@ -175,8 +177,10 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     if (holdout_dir / "eval.json").exists() and (holdout_dir / "config.json").exists():  # done before a crash
         held_metrics = json.loads((holdout_dir / "eval.json").read_text())
     else:
-        held_metrics = train_one(config, init_from=init_from, train=held, output_dir=holdout_dir, eval_data=eval_data,
-                                 meta={**(meta or {}), "holdout_of": "reward"})
+        start = holdout_init_from or config.holdout_init_from or init_from
+        held_metrics = train_one(config, init_from=start, train=held, output_dir=holdout_dir, eval_data=eval_data,
+                                 meta={**(meta or {}), "holdout_of": "reward", "holdout_init_from": str(start)},
+                                 tokenizer_from=init_from)
     metrics = train_one(config, init_from=init_from, train=train, output_dir=output_dir, eval_data=eval_data, meta=meta,
                         extra={f"holdout_{k}": v for k, v in held_metrics.items()
                                if k in ("pairwise_accuracy", "train_comparisons", "eval_comparisons", "steps")})
@@ -184,18 +188,24 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
 
 
 def train_one(config: RewardStageConfig, *, init_from: str | Path, train, output_dir: Path,
-              eval_data: str | Path | None = None, meta: Optional[dict] = None, extra: Optional[dict] = None) -> dict:
-    """One reward model on the comparisons `train` (a Dataset from `comparisons`) -> `output_dir`."""
+              eval_data: str | Path | None = None, meta: Optional[dict] = None, extra: Optional[dict] = None,
+              tokenizer_from: str | Path | None = None) -> dict:
+    """One reward model on the comparisons `train` (a Dataset from `comparisons`) -> `output_dir`, its weights
+    from `init_from`, its tokenizer and chat format from `tokenizer_from` (default `init_from`): the held-out
+    reward model starts from the base but reads text as the policy writes it."""
     import torch
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    tokenizer, chat_format = load_chat_tokenizer(init_from, where="reward", trust_remote_code=config.trust_remote_code)
+    tokenizer, chat_format = load_chat_tokenizer(tokenizer_from or init_from, where="reward",
+                                                 trust_remote_code=config.trust_remote_code)
     torch.manual_seed(config.seed)  # the fresh score head
     model = AutoModelForSequenceClassification.from_pretrained(
         str(init_from), num_labels=1, dtype=torch_dtype(config.bf16),
         trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation,
     )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # tokens SFT's chat format added
+        model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
 
