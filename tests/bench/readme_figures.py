@@ -45,7 +45,7 @@ HEADLINE = [  # (stage, key, what it says)
 ]
 
 
-def collect(seeds_dir: Path, overopt: Path | None, commit: str | None = None) -> dict:
+def collect(seeds_dir: Path, overopt: Path | None, commit: str | None = None, overopt_commit: str | None = None) -> dict:
     sys.path.insert(0, str(REPO))
     from pipeline.bootstrap import across_seeds
     from pipeline.report import over_optimisation_points
@@ -76,7 +76,7 @@ def collect(seeds_dir: Path, overopt: Path | None, commit: str | None = None) ->
         figures["overopt"] = {
             "command": "make demo-overopt (chatsmith run recipes/tiny-cpu.yaml stages.ppo.kl_coef=0 stages.reward.holdout_fraction=0.5 "
                        "stages.ppo.max_steps=150 stages.ppo.eval_steps=10 stages.ppo.num_eval_prompts=240 stages.ppo.select_best=holdout_reward)",
-            "points": points, "selected_step": final.get("selected_step"),
+            "commit": overopt_commit or commit or _commit(), "points": points, "selected_step": final.get("selected_step"),
             "test_gold_score_greedy_selected": final.get("gold_score_greedy"),
         }
         best_gold = overopt.parent / (overopt.name + "-select-gold") / "ppo" / "eval.json"
@@ -127,7 +127,7 @@ def render(figures: dict) -> str:
                          + f" | {' > '.join(names) if ordered else 'no'} |")
     overopt = figures.get("overopt")
     if overopt:
-        lines += ["", f"Over-optimisation (`{overopt['command']}`, seed {seeds[0]}): the monitor on the dev prompts "
+        lines += ["", f"Over-optimisation (`{overopt['command']}`, seed {seeds[0]}, commit {overopt['commit']}): the monitor on the dev prompts "
                   "(greedy) at each evaluated update.", "",
                   "| update | KL to SFT | proxy reward | held-out reward | gold |", "|---|---|---|---|---|"]
         for p in overopt["points"]:
@@ -150,9 +150,10 @@ def main() -> None:
     parser.add_argument("--seeds-dir", type=Path, required=True)
     parser.add_argument("--overopt", type=Path, default=None)
     parser.add_argument("--commit", default=None, help="the commit the runs were made at (default: HEAD)")
+    parser.add_argument("--overopt-commit", default=None, help="the commit of the --overopt runs (default: --commit)")
     parser.add_argument("--write", action="store_true", help="write the figures file and the README block")
     args = parser.parse_args()
-    figures = collect(args.seeds_dir, args.overopt, args.commit)
+    figures = collect(args.seeds_dir, args.overopt, args.commit, args.overopt_commit)
     text = render(figures)
     if not args.write:
         print(text)
