@@ -132,7 +132,8 @@ def _checkpoints(recipe, running: list[str]) -> list[Problem]:
     stages = recipe.stages
     wanted = [("tokenizer.from_checkpoint", recipe.tokenizer.from_checkpoint, "causal", not recipe.tokenizer.train)]
     for name, field, kind in (("pretrain", "init_from", "causal"), ("sft", "init_from", "causal"), ("reward", "init_from", "causal"),
-                              ("ppo", "policy", "causal"), ("ppo", "reward_model", "reward")):
+                              ("reward", "holdout_init_from", "causal"), ("ppo", "policy", "causal"),
+                              ("ppo", "reward_model", "reward")):
         config = getattr(stages, name)
         wanted.append((f"stages.{name}.{field}", getattr(config, field, None) if config else None, kind, name in running))
     problems = []

@@ -72,6 +72,8 @@ CASES = {
     "no prompts for PPO": (lambda f: ["data.prompts=null"], "data.prompts", "no prompts"),
     "missing checkpoint": (lambda f: [f"stages.pretrain.init_from={f['root']}/gone"], "stages.pretrain.init_from", "no such checkpoint"),
     "checkpoint without a tokenizer": (lambda f: [f"stages.pretrain.init_from={f['root']}/no_tokenizer"], "stages.pretrain.init_from", "no a tokenizer"),
+    "missing held-out reward model start": (lambda f: ["stages.reward.holdout_fraction=0.5", f"stages.reward.holdout_init_from={f['root']}/gone"],
+                                            "stages.reward.holdout_init_from", "no such checkpoint"),
     "reward model with two outputs": (lambda f: [f"stages.ppo.reward_model={f['root']}/two_labels"], "stages.ppo.reward_model", "num_labels=1"),
     "missing held-out prompts": (lambda f: [f"data.eval_prompts={f['root']}/gone.jsonl"], "data.eval_prompts", "no such file"),
 }
