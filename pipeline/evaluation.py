@@ -180,6 +180,7 @@ def run_arena(run) -> dict | None:
     if len(names) < 2 or judge_name is None or not test:
         return None
     stamp = {"judge": judge_name, "checkpoints": {n: manifest[n].get("output_sha256") for n in names},
+             "judge_sha256": None if run.demo else run.manifest.sha256(reward_dir),
              "eval": run.recipe.eval.model_dump(mode="json")}
     arena = run.dir / "arena"
     if (arena / "ratings.json").exists() and (arena / "made_from.json").exists() \
