@@ -98,12 +98,10 @@ def sft_build_dir(run) -> Path:
 def _user_files_stamp(data) -> list:
     """Name, size and mtime of every label and SFT / comparison file: a re-export to the same path
     (more rewrites, say) rebuilds the data, and the stages that read it re-run."""
-    from stages.data.sources import source_files
+    from stages.data.sources import fingerprint
 
-    stamp = []
-    for key in ("sft", "sft_eval", "comparisons", "comparisons_eval"):
-        for source in getattr(data, key) or []:
-            stamp += [[key, f.path, f.size, f.mtime_ns] for f in source_files(source)]
+    stamp = [[key, fingerprint(source)] for key in ("sft", "sft_eval", "comparisons", "comparisons_eval")
+             for source in getattr(data, key) or []]
     for export in data.labels:
         for path in (export.path, export.tasks):
             if path and Path(path).is_file():

@@ -172,7 +172,7 @@ def run_arena(run) -> dict | None:
     if not rows_path.exists():
         return None
     _, test = split_rows(read_jsonl(rows_path))
-    manifest = json.loads((run.dir / "manifest.json").read_text())["stages"]
+    manifest = run.manifest.data["stages"]
     names = [n for n in ("pretrain", "sft", "ppo") if manifest.get(n, {}).get("status") == "done"
              and (run.stage_dir(n) / "config.json").exists()]
     reward_dir = reward_model_dir(run)
@@ -214,36 +214,22 @@ def run_arena(run) -> dict | None:
 
 # ------------------------------------------------------------------------------------------ the reward model
 
-def evaluate_reward(run, reward_dir: Path, eval_data: Path | None) -> dict:
-    """The reward model's held-out pairwise accuracy with a 95% CI (bootstrap by prompt), scored as the stage
-    scores (pairs past `max_length` left out, as training leaves them out); on the demo also against the gold
-    judge (`Demo.reward_figures`)."""
+def evaluate_reward(run, reward_dir: Path) -> dict:
+    """The reward model's held-out pairwise accuracy with a 95% CI (bootstrap by prompt), from the pairs the
+    stage scored (`reward_dir/eval_pairs.jsonl`: those within `max_length`, as training keeps them); on the
+    demo also against the gold judge (`Demo.reward_figures`)."""
     import json
 
-    from stages.rlhf import reward as reward_stage
+    from stages.rlhf.reward import EVAL_PAIRS
 
-    if eval_data is None or not Path(eval_data).exists():
+    path = reward_dir / EVAL_PAIRS
+    pairs = read_jsonl(path) if path.exists() else []
+    if not pairs:
         return {}
-    rows = [dict(r) for r in reward_stage.comparisons(eval_data, use_margin=False)]
-    if not rows:
-        return {}
-    from pipeline.evaluate import load_reward_checkpoint
-
-    model, tokenizer = load_reward_checkpoint(reward_dir)
-    config = run.recipe.stages.reward
-    kept, pairs = [], []
-    for row in rows:
-        encoded, dropped = reward_stage.encode_pairs(tokenizer, [row], max_length=config.max_length)
-        if not dropped:
-            kept.append(row)
-            pairs += encoded
-    chosen, rejected = reward_stage.score_pairs(model, pairs, pad_token_id=tokenizer.pad_token_id,
-                                                batch_size=2 * config.batch_size)
+    chosen, rejected = [p["chosen_score"] for p in pairs], [p["rejected_score"] for p in pairs]
     wins = [float(c > r) for c, r in zip(chosen, rejected)]
-    clusters = [json.dumps(r["prompt"], sort_keys=True) for r in kept]
-    figures = {}
-    if wins:
-        figures["pairwise_accuracy_ci95"] = list(mean_ci(wins, clusters=clusters, seed=run.recipe.eval.seed)[1:])
+    clusters = [json.dumps(p["prompt"], sort_keys=True) for p in pairs]
+    figures = {"pairwise_accuracy_ci95": list(mean_ci(wins, clusters=clusters, seed=run.recipe.eval.seed)[1:])}
     if run.demo:
-        figures.update(run.demo.reward_figures(kept, chosen, rejected, clusters))
+        figures.update(run.demo.reward_figures(pairs, chosen, rejected, clusters))
     return figures

@@ -111,7 +111,7 @@ class Run:
             elif name == "reward":
                 from pipeline.evaluation import evaluate_reward
 
-                metrics = {**metrics, **evaluate_reward(self, out, inputs.get("eval_data"))}
+                metrics = {**metrics, **evaluate_reward(self, out)}
         except BaseException as error:  # a crash is recorded (manifest + log), then re-raised as StageFailed
             raise self._failed(name, error) from error
         write_json_atomic(out / "eval.json", metrics)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from stages.checkpoint import merged, save_checkpoint
-from stages.common import load_chat_tokenizer, read_jsonl, torch_dtype, write_json_atomic
+from stages.common import load_chat_tokenizer, read_jsonl, torch_dtype, write_json_atomic, write_jsonl
 from stages.config import RewardStageConfig
 from stages.distributed import report_trainer_rank_data
 from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
@@ -73,13 +73,21 @@ def encode_pairs(tokenizer, rows: list[dict], *, max_length: int | None) -> tupl
     pair is scored only where it is whole, its score read at its end-of-turn token as training reads it."""
     pairs, dropped = [], 0
     for row in rows:
-        chosen = encode(tokenizer, row["prompt"] + row["chosen"])
-        rejected = encode(tokenizer, row["prompt"] + row["rejected"])
-        if max_length is not None and max(len(chosen), len(rejected)) > max_length:
+        encoded = encode_pair(tokenizer, row, max_length=max_length)
+        if encoded is None:
             dropped += 1
-            continue
-        pairs.append((chosen, rejected))
+        else:
+            pairs.append(encoded)
     return pairs, dropped
+
+
+def encode_pair(tokenizer, row: dict, *, max_length: int | None) -> tuple[list[int], list[int]] | None:
+    """One comparison's chosen and rejected token ids (`encode_pairs`); None when a side is past `max_length`."""
+    chosen = encode(tokenizer, row["prompt"] + row["chosen"])
+    rejected = encode(tokenizer, row["prompt"] + row["rejected"])
+    if max_length is not None and max(len(chosen), len(rejected)) > max_length:
+        return None
+    return chosen, rejected
 
 
 def score_ids(model, sequences: list[list[int]], *, pad_token_id: int, batch_size: int = 32,
@@ -141,6 +149,9 @@ def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> dict:
             "eval_margin_mean": sum(c - r for c, r in zip(chosen, rejected)) / max(1, len(wins))}
 
 
+EVAL_PAIRS = "eval_pairs.jsonl"
+"""`output_dir/eval_pairs.jsonl`: each held-out comparison scored (those within `max_length`), with
+`chosen_score` and `rejected_score`."""
 HOLDOUT_DIR = "holdout"
 """`output_dir/holdout/`: the held-out reward model (`RewardStageConfig.holdout_fraction`)."""
 
@@ -229,7 +240,7 @@ def train_one(config: RewardStageConfig, *, init_from: str | Path, train, output
     final = merged(trainer.model)
     final.eval()
     metrics: dict = {"train_comparisons": len(train), "steps": trainer.state.global_step}
-    stats = evaluate(final, tokenizer, config, trainer=trainer, eval_data=eval_data, metrics=metrics)
+    stats = evaluate(final, tokenizer, config, trainer=trainer, eval_data=eval_data, metrics=metrics, output_dir=output_dir)
     metrics.update(extra or {})
     if trainer.is_world_process_zero():
         save_checkpoint(final, tokenizer, output_dir, chat_format=chat_format,
@@ -243,13 +254,14 @@ def train_one(config: RewardStageConfig, *, init_from: str | Path, train, output
     return metrics
 
 
-def evaluate(model, tokenizer, config: RewardStageConfig, *, trainer, eval_data, metrics: dict) -> dict:
+def evaluate(model, tokenizer, config: RewardStageConfig, *, trainer, eval_data, metrics: dict, output_dir) -> dict:
     """Score the trained model as training saw the data; add eval.json's keys to `metrics`, return reward_stats.
 
     Training pairs: a seeded sample of `STATS_SAMPLE` of those RewardTrainer kept (its own token ids, pairs longer
     than `max_length` already dropped) -> `reward_stats.json` (PPO normalises rewards with it) and
     `train_pairwise_accuracy`. Held-out pairs: all of them, dropped past `max_length` as training drops them ->
-    `pairwise_accuracy`. Batches of one training micro-batch's sequences, spread over the processes."""
+    `pairwise_accuracy`, and each pair's scores in `output_dir/eval_pairs.jsonl`. Batches of one training
+    micro-batch's sequences, spread over the processes."""
     import random
     import statistics
 
@@ -267,9 +279,15 @@ def evaluate(model, tokenizer, config: RewardStageConfig, *, trainer, eval_data,
                     config.max_length)
     if eval_data:
         eval_rows = [dict(r) for r in comparisons(eval_data, use_margin=False)]
-        eval_pairs, dropped = encode_pairs(tokenizer, eval_rows, max_length=config.max_length)
+        encoded = [encode_pair(tokenizer, row, max_length=config.max_length) for row in eval_rows]
+        kept = [(row, pair) for row, pair in zip(eval_rows, encoded) if pair is not None]
+        dropped = len(eval_rows) - len(kept)
         _report_dropped(accelerator, "held-out", dropped, len(eval_rows), config.max_length)
-        metrics.update(pairwise_accuracy(*score_pairs(model, eval_pairs, **score_kwargs)), eval_comparisons_dropped=dropped)
+        chosen, rejected = score_pairs(model, [pair for _, pair in kept], **score_kwargs)
+        metrics.update(pairwise_accuracy(chosen, rejected), eval_comparisons_dropped=dropped)
+        if accelerator.is_main_process:  # per pair, for the run's evaluation (CIs, the demo's gold comparison)
+            write_jsonl(Path(output_dir) / EVAL_PAIRS,
+                        ({**row, "chosen_score": c, "rejected_score": r} for (row, _), c, r in zip(kept, chosen, rejected)))
     stats = {"mean": statistics.fmean(train_scores) if train_scores else 0.0,
              "std": (statistics.pstdev(train_scores) if train_scores else 0.0) or 1.0, "count": len(train_scores)}
     metrics.update(reward_mean=stats["mean"], reward_std=stats["std"])
