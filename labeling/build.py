@@ -2,6 +2,7 @@
 
     chatsmith labels build [DIR ...] --out DATA [--sft FILE ...] [--comparisons FILE ...]
                            [--sft-eval FILE ...] [--comparisons-eval FILE ...] [--eval-fraction 0.1 --seed 0]
+                           [--min-control-accuracy X ...] [--exclude-flagged]
 
 In:  ingest directories (DIR/accepted.jsonl from `chatsmith labels ingest`), and optionally plain
      files already in training format: SFT conversations {"messages": [...]} and comparisons
@@ -10,13 +11,17 @@ Out: DATA/comparisons_train.jsonl, comparisons_eval.jsonl  TRL conversational pr
          {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [...], "margin"?}
      DATA/sft_train.jsonl, sft_eval.jsonl                   {"messages": [...]}
      DATA/build.json                                        counts (per source and kind) and paths
+     DATA/excluded.jsonl                                    judgments of flagged labelers left out, with the reason
+     DATA/screening.json                                    per-labeler screening figures (when screened)
 
 Every source is combined with the others, none replaces another. A ranking of K replies becomes
 every pair from different tie groups; the margin is the difference of the two replies' `overall`
 ratings when both have one and it agrees with the ranking. Demonstrations become SFT
 conversations; a rewrite becomes an SFT conversation (the corrected reply) and a comparison
 (corrected reply > the original). A record that appears in two ingest directories (same content,
-same labeler) is kept once and counted as a duplicate.
+same labeler) is kept once and counted as a duplicate. Judgments on control tasks never become rows;
+with screening (`screening=`, labeling.screening) flagged labelers' judgments can be left out, each
+kept in excluded.jsonl: read = kept + duplicates + controls + excluded.
 
 The split is by conversation (labeling.schema.split_key: the opening user turn): eval prompts are
 chosen by a seeded hash, plus every prompt of an `*_eval` file, so no eval prompt has a row in
@@ -36,6 +41,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Iterator
 
+from labeling.controls import is_control
 from labeling.ingest import read_records
 from labeling.readers import json_objects
 from labeling.schema import Comparison, Demonstration, Rewrite, content_id, split_key
@@ -129,6 +135,9 @@ class Unit:
     sft: list[dict]
     comparisons: list[dict]
     ties: int = 0
+    control: bool = False  # a judgment on a control task: never training data
+    labeler: str | None = None  # who made it (records of ingest dirs)
+    record: object = None  # the record itself (ingest dirs), for excluded.jsonl
 
 
 def _as_messages(value, role: str, where: str) -> list[dict]:
@@ -170,13 +179,14 @@ def _units(source: Source) -> Iterator[Unit]:
         return
     for record in read_records(source.path):
         key, digest = split_key(record.prompt), content_id(record)
+        who = {"labeler": record.labeler.id if record.labeler else None, "record": record}
         if isinstance(record, Comparison):
             rows, ties = comparison_pairs(record)
-            yield Unit("comparison", key, digest, [], rows, ties)
+            yield Unit("comparison", key, digest, [], rows, ties, control=is_control(record), **who)
         elif isinstance(record, Rewrite):
-            yield Unit("rewrite", key, digest, [sft_row(record)], [rewrite_pair(record)])
+            yield Unit("rewrite", key, digest, [sft_row(record)], [rewrite_pair(record)], **who)
         else:
-            yield Unit("demonstration", key, digest, [sft_row(record)], [])
+            yield Unit("demonstration", key, digest, [sft_row(record)], [], **who)
 
 
 def _sources(ingest_dirs, sft_files, comparison_files, sft_eval_files, comparison_eval_files,
@@ -203,32 +213,61 @@ def _sources(ingest_dirs, sft_files, comparison_files, sft_eval_files, compariso
     return sources
 
 
+def _screening(screening, sources: list[Source]):
+    """A Screening from what build was given: a Screening, a ScreenConfig (or its dict: the ingest
+    sources are screened now), or None."""
+    if screening is None:
+        return None
+    from labeling.screening import ScreenConfig, Screening, screen
+
+    if isinstance(screening, Screening):
+        return screening
+    if isinstance(screening, (ScreenConfig, dict)):
+        return screen([s.path for s in sources if s.kind == "ingest"], screening)
+    raise TypeError(f"screening: expected a Screening or a ScreenConfig, got {type(screening).__name__}")
+
+
 def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: int = 0, sft_files=(), comparison_files=(),
-          sft_eval_files=(), comparison_eval_files=(), sft_train_files=()) -> dict:
+          sft_eval_files=(), comparison_eval_files=(), sft_train_files=(), screening=None) -> dict:
     """Write the comparison and SFT datasets from every source into `out_dir`.
 
     `ingest_dir`: one ingest dir or a list; `sft_files`, `comparison_files`: plain training files
     split like the records; `sft_eval_files`, `comparison_eval_files`: rows always held out (their
     prompts are then kept out of train); `sft_train_files`: rows split before (the demo world's), whose
-    prompts stay in train unless an `*_eval` file holds them. Returns {"comparisons_train", "comparisons_eval",
-    "sft_train", "sft_eval" (row counts), "tied_pairs_dropped", "duplicates", "records", "prompts",
-    "eval_prompts", "sources", "by_source": {source: {"format", "duplicates", "kinds": {kind:
-    {"records", "sft_rows", "comparison_rows"}}}}, "paths": {name: path}}."""
+    prompts stay in train unless an `*_eval` file holds them.
+
+    Judgments on control tasks never become rows (counted under `controls`). `screening`: a
+    `labeling.screening.Screening` (from `screen`), or a `ScreenConfig` (the ingest dirs are screened
+    here); with its `exclude_flagged`, every judgment of a flagged labeler is left out of train and
+    eval and written to out_dir/excluded.jsonl ({"source", "labeler", "reasons", "detail", "record"});
+    the figures go to out_dir/screening.json. The split does not depend on screening: the prompts of
+    excluded judgments still take part in it, so a prompt is on the same side with or without.
+
+    Returns {"comparisons_train", "comparisons_eval", "sft_train", "sft_eval" (row counts),
+    "tied_pairs_dropped", "read", "records" (kept), "duplicates", "controls", "excluded": {"records",
+    "by_reason", "by_labeler"}, "screening" (None, or {"exclude_flagged", "flagged", "detail", "config"}),
+    "prompts", "eval_prompts", "sources", "by_source": {source: {"format", "duplicates", ["read",
+    "controls", "excluded": ingest dirs], "kinds": {kind: {"records", "sft_rows", "comparison_rows"}}}},
+    "paths": {name: path}}, with read == records + duplicates + controls + excluded["records"]."""
     if out_dir is None:
         raise TypeError("build() needs out_dir")
     if not 0 <= eval_fraction < 1 or math.isnan(eval_fraction):
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     sources = _sources(ingest_dir, sft_files, comparison_files, sft_eval_files, comparison_eval_files, sft_train_files)
+    screening = _screening(screening, sources)
+    excluding = screening is not None and screening.config.exclude_flagged
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # pass 1: the prompts (digests only), so the split is decided before any row is written
+    # pass 1: the prompts (digests only), so the split is decided before any row is written. A control's
+    # prompt is none of them (it never trains); an excluded judgment's is, so screening moves no prompt.
     keys: set[str] = set()
     fixed: set[str] = set()
     kept: set[str] = set()
     for source in sources:
         for unit in _units(source):
-            (fixed if source.held_out else kept if source.kept_in_train else keys).add(unit.key)
+            if not unit.control:
+                (fixed if source.held_out else kept if source.kept_in_train else keys).add(unit.key)
     held_out = fixed | eval_prompts(keys - fixed - kept, eval_fraction=eval_fraction, seed=seed)
 
     names = ["comparisons_train", "comparisons_eval", "sft_train", "sft_eval"]
@@ -236,18 +275,39 @@ def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: in
     counts = dict.fromkeys(names, 0)
     by_source: dict[str, dict] = {}
     seen: dict[bool, set[int]] = {True: set(), False: set()}  # records (by content id) and plain rows apart
-    records = ties = duplicates = 0
+    read = records = ties = duplicates = controls = 0
+    excluded_by_reason: Counter[str] = Counter()
+    excluded_by_labeler: dict[str, Counter] = {}
     handles = {name: open(str(path) + ".tmp", "w", encoding="utf-8") for name, path in paths.items()}
+    excluded_path = out_dir / "excluded.jsonl"
+    excluded_handle = open(str(excluded_path) + ".tmp", "w", encoding="utf-8")
     try:
         for source in sources:
             kinds: dict[str, Counter] = {}
-            dropped = 0
+            dropped = source_read = source_controls = source_excluded = 0
             for unit in _units(source):
+                read += 1
+                source_read += 1
                 marker, already = int(unit.digest[:16], 16), seen[source.kind == "ingest"]
                 if marker in already:
                     dropped += 1
                     continue
                 already.add(marker)
+                if unit.control:
+                    controls += 1
+                    source_controls += 1
+                    continue
+                if excluding and screening.is_flagged(unit.labeler):
+                    reasons = screening.flagged[unit.labeler]
+                    reason = "+".join(reasons)
+                    excluded_handle.write(json.dumps({
+                        "source": source.name, "labeler": unit.labeler, "reasons": reasons,
+                        "detail": screening.detail.get(unit.labeler, ""),
+                        "record": json.loads(unit.record.model_dump_json())}, ensure_ascii=False) + "\n")
+                    excluded_by_reason[reason] += 1
+                    excluded_by_labeler.setdefault(unit.labeler, Counter())[reason] += 1
+                    source_excluded += 1
+                    continue
                 records += 1
                 ties += unit.ties
                 split = "eval" if source.held_out or unit.key in held_out else "train"
@@ -258,15 +318,30 @@ def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: in
                 tally = kinds.setdefault(unit.kind, Counter())
                 tally.update(records=1, sft_rows=len(unit.sft), comparison_rows=len(unit.comparisons))
             duplicates += dropped
-            by_source[source.name] = {"format": source.describe(), "duplicates": dropped,
-                                      "kinds": {k: dict(v) for k, v in sorted(kinds.items())}}
+            by_source[source.name] = {"format": source.describe(), "duplicates": dropped}
+            if source.kind == "ingest":
+                by_source[source.name].update(read=source_read, controls=source_controls, excluded=source_excluded)
+            by_source[source.name]["kinds"] = {k: dict(v) for k, v in sorted(kinds.items())}
     finally:
-        for handle in handles.values():
+        for handle in (*handles.values(), excluded_handle):
             handle.close()
-    for name, path in paths.items():
+    for name, path in (*paths.items(), ("excluded", excluded_path)):
         os.replace(str(path) + ".tmp", path)
+    paths["excluded"] = excluded_path
 
-    summary = {**counts, "tied_pairs_dropped": ties, "duplicates": duplicates, "records": records,
+    excluded = sum(excluded_by_reason.values())
+    assert read == records + duplicates + controls + excluded, "build lost count of a record"  # an invariant
+    screened = None
+    if screening is not None:
+        paths["screening"] = out_dir / "screening.json"
+        paths["screening"].write_text(json.dumps(screening.to_dict(), indent=2) + "\n", encoding="utf-8")
+        screened = {"exclude_flagged": excluding, "flagged": screening.flagged, "detail": screening.detail,
+                    "config": screening.config.model_dump()}
+    summary = {**counts, "tied_pairs_dropped": ties, "read": read, "records": records, "duplicates": duplicates,
+               "controls": controls,
+               "excluded": {"records": excluded, "by_reason": dict(sorted(excluded_by_reason.items())),
+                            "by_labeler": {who: dict(c) for who, c in sorted(excluded_by_labeler.items())}},
+               "screening": screened,
                "prompts": len(keys | fixed | kept), "eval_prompts": len(held_out), "eval_fraction": eval_fraction, "seed": seed,
                "sources": [s.name for s in sources], "by_source": by_source,
                "paths": {name: str(path) for name, path in paths.items()}}
@@ -286,4 +361,19 @@ def format_table(summary: dict) -> str:
             lines.append(f"{shown:<40} {info['format']:<14} {'(duplicates)':<14} {info['duplicates']:>8}")
     lines.append(" ".join(f"{k} {summary[k]}" for k in ("comparisons_train", "comparisons_eval", "sft_train", "sft_eval",
                                                        "tied_pairs_dropped")))
+    excluded = summary["excluded"]
+    lines.append(f"read {summary['read']} = kept {summary['records']} + duplicates {summary['duplicates']} + "
+                 f"controls {summary['controls']} (never trained on) + excluded {excluded['records']}")
+    screened = summary.get("screening")
+    if screened is not None:
+        if screened["flagged"]:
+            action = "excluded" if screened["exclude_flagged"] else "kept (no --exclude-flagged)"
+            for who, reasons in screened["flagged"].items():
+                n = sum(excluded["by_labeler"].get(who, {}).values())
+                lines.append(f"flagged {who}: {screened['detail'].get(who) or ', '.join(reasons)}: {action}"
+                             + (f" {n} judgments" if screened["exclude_flagged"] else ""))
+        else:
+            lines.append("screening: no labeler flagged")
+    if excluded["records"]:
+        lines.append(f"excluded judgments are kept in {summary['paths']['excluded']}")
     return "\n".join(lines)

@@ -147,8 +147,8 @@ class Comparison(_Judgment):
     flags: dict[str, list[Flag]] = Field(default_factory=dict, description="candidate id -> flags.")
     display_order: list[str] | None = Field(default=None, description="Candidate ids in the order the labeler saw them, when known (position bias is measured on it).")
     rationale: str | None = None
-    gold: bool = Field(default=False, description="A known-answer item used to check labelers.")
-    gold_ranking: list[list[str]] | None = Field(default=None, description="The known answer of a gold item.")
+    gold: bool = Field(default=False, description="A judgment on a control task (a known-answer item used to check labelers); never training data.")
+    gold_ranking: list[list[str]] | None = Field(default=None, description="The known answer of a control task (from tasks.jsonl at ingest).")
 
     @model_validator(mode="after")
     def _ranks_match_candidates(self) -> "Comparison":
@@ -179,7 +179,7 @@ class ComparisonTask(_Strict):
     prompt: list[Message]
     candidates: list[Candidate] = Field(min_length=2)
     guideline_version: str | None = None
-    gold_ranking: list[list[str]] | None = None
+    gold_ranking: list[list[str]] | None = Field(default=None, description="A control task's known answer (tie groups, best first): kept in tasks.jsonl, never in the Label Studio task data.")
 
     @field_validator("prompt")
     @classmethod

@@ -1,8 +1,9 @@
 """Quality figures of ingested comparisons.
 
-    chatsmith labels stats DIR [--json OUT]
+    chatsmith labels stats DIR [DIR ...] [--json OUT] [--min-control-accuracy X --min-peer-agreement X
+                                                       --min-controls N --min-shared-tasks N]
 
-In:  DIR/accepted.jsonl (an ingest output directory).
+In:  DIR/accepted.jsonl (ingest output directories, figured together).
 Out: a table on the terminal and, with --json, the same figures as JSON:
 - agreement: Krippendorff's alpha (the `krippendorff` library) on preferences — each unit is a
   pair of candidates of one task, the value is -1 / 0 (tie) / +1, *ordinal* level — and on each
@@ -12,6 +13,8 @@ Out: a table on the terminal and, with --json, the same figures as JSON:
 - tie rate; position bias (share of untied pairs the earlier-shown reply wins, 0.5 = none);
   length bias (share of untied pairs of unequal length the longer reply wins);
 - time outliers: judgments whose time spent is far from the median (robust z > 3.5 by MAD).
+The CLI adds labeling.screening's per-labeler table (control accuracy, peer agreement, ties, time,
+with 95% intervals, and the labelers flagged); `--json` has it under "screening".
 """
 
 from __future__ import annotations
@@ -68,8 +71,14 @@ def _share(hits: int, total: int) -> float | None:
     return round(hits / total, 4) if total else None
 
 
-def stats(ingest_dir: str | os.PathLike) -> dict:
-    """The figures described in the module docstring, as a JSON-able dict."""
+def _records(ingest_dirs):
+    for directory in [ingest_dirs] if isinstance(ingest_dirs, (str, os.PathLike)) else ingest_dirs:
+        yield from read_records(directory)
+
+
+def stats(ingest_dir) -> dict:
+    """The figures described in the module docstring, as a JSON-able dict, over one ingest dir or a
+    list of them. (Per-labeler screening with intervals and flags: labeling.screening.)"""
     kinds: Counter[str] = Counter()
     preference: dict[tuple, list[int]] = defaultdict(list)  # unit -> values
     by_labeler_unit: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -80,7 +89,7 @@ def stats(ingest_dir: str | os.PathLike) -> dict:
     gold_hits = gold_total = 0
     tasks_labelers: dict[str, set] = defaultdict(set)
 
-    for record in read_records(ingest_dir):
+    for record in _records(ingest_dir):
         kinds[record.kind] += 1
         if not isinstance(record, Comparison):
             continue

@@ -61,7 +61,8 @@ def test_guidelines_carry_a_version_id():
     assert version and version in schema.GUIDELINES_PATH.read_text()
 
 
-@pytest.mark.parametrize("module", ["labeling.ingest", "labeling.build", "labeling.stats", "labeling.tasks", "labeling.cli", "labeling.readers"])
+@pytest.mark.parametrize("module", ["labeling.ingest", "labeling.build", "labeling.stats", "labeling.tasks", "labeling.cli", "labeling.readers",
+                                    "labeling.screening", "labeling.controls"])
 def test_importing_labeling_does_not_import_torch(module):
     code = f"import sys, {module}; heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -13,7 +13,7 @@ import random
 from labeling.cli import main
 from labeling.ingest import ingest
 from labeling.stats import pair_values, stats
-from labeling.tasks import label_studio_export
+from labeling.tasks import label_studio_export, write_tasks
 
 
 def _world(n_tasks=60, k=3, seed=0):
@@ -58,7 +58,9 @@ def _figures(tmp_path, name, labelers, seed=0):
         judgments.append([{"annotator": who, "ranking": _judge(rng, quality, lengths=lengths, **how),
                            "lead_time": rng.uniform(20, 40)} for who, how in labelers.items()])
     export = label_studio_export(tasks, judgments, tmp_path / f"{name}.json")
-    ingest("label-studio", export, tmp_path / name)
+    # the known answers of the gold items stay in tasks.jsonl (never in the Label Studio data): ingest reads them there
+    write_tasks(tasks, tmp_path / f"{name}-tasks")
+    ingest("label-studio", export, tmp_path / name, tasks_path=tmp_path / f"{name}-tasks" / "tasks.jsonl")
     return stats(tmp_path / name)
 
 

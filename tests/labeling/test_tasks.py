@@ -82,13 +82,22 @@ def test_annotations_of_unknown_tasks_are_set_aside(tmp_path):
     assert (caught.value.summary["accepted"], caught.value.summary["reasons"]) == (0, {"unknown_task": 1})
 
 
-def test_gold_items_carry_their_answer(tmp_path):
+def test_gold_items_carry_their_answer_from_the_tasks_file_only(tmp_path):
     tasks = _tasks(1)
     tasks[0]["gold_ranking"] = [["a"], ["b"], ["c"]]
+    write_tasks(tasks, tmp_path / "tasks")
     export = label_studio_export(tasks, [[{"annotator": "x", "ranking": [["a"], ["c"], ["b"]]}]], tmp_path / "export.json")
-    ingest("label-studio", export, tmp_path / "in")
+    # the answer is not in what Label Studio holds (annotators see the task data) ...
+    assert "gold_ranking" not in json.loads(export.read_text())[0]["data"]
+    assert "gold_ranking" not in json.loads((tmp_path / "tasks" / "label_studio_import.json").read_text())[0]["data"]
+    # ... ingest recovers it from tasks.jsonl
+    ingest("label-studio", export, tmp_path / "in", tasks_path=tmp_path / "tasks" / "tasks.jsonl")
     record = _lines(tmp_path / "in" / "accepted.jsonl")[0]
     assert record["gold"] is True and record["gold_ranking"] == [["a"], ["b"], ["c"]]
+    # without the tasks file the export says nothing of it: an ordinary comparison
+    ingest("label-studio", export, tmp_path / "alone")
+    alone = _lines(tmp_path / "alone" / "accepted.jsonl")[0]
+    assert alone["gold"] is False and alone["gold_ranking"] is None
 
 
 def test_labels_tasks_samples_k_replies_from_a_checkpoint(tiny_assets, tmp_path):
