@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,31 @@ def test_cli_stats_and_build_flags(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and flag in err, err
+
+
+REAL = Path(__file__).resolve().parents[1] / "fixtures" / "labeling" / "real"
+
+
+@pytest.mark.parametrize("export", ["label_studio_comparison_export.json", "label_studio_comparison_snapshot_export.json"])
+def test_screening_reads_annotator_ids_of_a_real_label_studio_export(tmp_path, export):
+    """Exports captured from a live Label Studio server (tests/fixtures/labeling/real): the API export gives
+    `completed_by` as the user number, the snapshot export as the user object with an email."""
+    raw = json.loads((REAL / export).read_text())
+    tasks = REAL / export.replace("_export.json", "_tasks.jsonl")
+    expected: dict[str, list[float]] = {}
+    for task in raw:  # the submitted annotations' annotators and lead times, read from the raw export
+        for annotation in task["annotations"]:
+            if annotation["was_cancelled"]:
+                continue
+            who = annotation["completed_by"]
+            who = who["email"].removesuffix("@labelers.local") if isinstance(who, dict) else str(who)
+            expected.setdefault(who, []).append(annotation["lead_time"])
+    assert len(expected) >= 2
+    ingest("label-studio", REAL / export, tmp_path / "in", tasks_path=tasks)
+    screening = screen(tmp_path / "in")
+    assert set(screening.labelers) == set(expected)
+    for who, times in expected.items():
+        row = screening.labelers[who]
+        assert row["comparisons"] == len(times) and row["time_s"]["median"] == pytest.approx(statistics.median(times))
+        assert row["controls"]["status"] == "not_enough_controls"  # the captured batch has no controls
+    assert screening.flagged == {}
