@@ -27,8 +27,9 @@ Flags (`ScreenConfig`): a labeler is flagged on control accuracy when the *upper
 interval is below `min_control_accuracy`, and on peer agreement when the upper end is below
 `min_peer_agreement`: the data must show the labeler is below the line, not merely fail to show
 they are above it. A flag costs a labeler all of their work (build's `exclude_flagged`), so the
-rule keeps the chance of flagging someone whose true figure is at the threshold near 2.5% (one-sided; Wilson is approximate);
-a point-estimate rule would flag about half of them, and on few tasks also many above it. The price
+rule keeps the chance of flagging someone whose true figure is at the threshold near 2.5%
+(one-sided; Wilson's coverage is approximate); a point-estimate rule would flag about half of
+them, and on few tasks also many above it. The price
 is that a bad labeler is caught only once there is evidence: a labeler who gets every control wrong
 is flagged from 3 controls (Wilson upper end 0.56 < 0.8) when `min_controls` allows; one at chance
 on pair controls (accuracy 0.5) has an upper end of 0.76 on 10 controls and 0.65 on 40, so chance-level
