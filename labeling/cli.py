@@ -1,4 +1,4 @@
-"""`chatsmith labels ...`: ingest, stats, build, tasks. See labeling/README.md.
+"""`chatsmith labels ...`: ingest, stats, build, tasks, push, pull. See labeling/README.md.
 
 The console script `chatsmith` dispatches `chatsmith labels ARGS...` to `main(ARGS)`. Imports are
 lazy so `--help` stays fast. Exit codes, each failure one line `chatsmith labels: error: ...`:
@@ -6,7 +6,8 @@ lazy so `--help` stays fast. Exit codes, each failure one line `chatsmith labels
   1  an ingest that accepted nothing (empty file, LFS pointer, binary data, another format, only
      bad records): the line says why, and `looks like a X export; use --format X` when another
      reader would accept the file;
-  2  a usage mistake (unreadable file, unknown format, bad option, a value out of range).
+  2  a usage mistake (unreadable file, unknown format, bad option, a value out of range), or a
+     Label Studio server, token or project that cannot be used (push, pull).
 """
 
 from __future__ import annotations
@@ -71,7 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    _label_studio_parsers(sub)
     return parser
+
+
+def _label_studio_parsers(sub) -> None:
+    """push / pull: a Label Studio server through its API (labeling.label_studio_api; the label-studio-sdk extra)."""
+    p = sub.add_parser("push", help="import a tasks dir into a Label Studio project (created or reused by title)")
+    p.add_argument("tasks_dir", metavar="TASKS_DIR", help="written by `labels tasks` or the arena's --judge human")
+    p.add_argument("--label-studio", required=True, metavar="URL", help="the server, e.g. http://localhost:8080")
+    p.add_argument("--project", metavar="NAME", help="project title (default: chatsmith KIND: DIR NAME)")
+    p = sub.add_parser("pull", help="export a Label Studio project through the API and ingest it (as `ingest --format label-studio`)")
+    p.add_argument("--label-studio", required=True, metavar="URL", help="the server, e.g. http://localhost:8080")
+    p.add_argument("--project", required=True, metavar="ID", help="the project id `push` printed")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes label_studio_export.json and the ingest files here")
+    p.add_argument("--tasks", metavar="TASKS", help="the tasks.jsonl (or tasks dir) pushed: match annotations to it by task id")
 
 
 def _run(args) -> int:
@@ -104,7 +119,28 @@ def _run(args) -> int:
         print(f"wrote {args.out}")
     elif args.command == "tasks":
         _tasks(args)
+    elif args.command in ("push", "pull"):
+        _label_studio(args)
     return 0
+
+
+def _label_studio(args) -> None:
+    from labeling import label_studio_api as ls
+
+    if args.command == "push":
+        got = ls.push(args.tasks_dir, args.label_studio, args.project)
+        state = "created" if got["created"] else "reused"
+        print(f"project {got['project_id']} ({got['title']!r}, {got['kind']} tasks, {state}): imported {got['imported']} "
+              f"of {got['tasks']} tasks ({got['already']} already there)")
+        print(f"label at {got['project_url']}")
+        print(f"then: chatsmith labels pull --label-studio {got['url']} --project {got['project_id']} --out DIR "
+              f"--tasks {got['tasks_dir']}/tasks.jsonl")
+    else:
+        summary = ls.pull(args.label_studio, args.project, args.out, tasks_path=args.tasks)
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none"
+        print(f"project {summary['project_id']} ({summary['kind']} tasks): read {summary['read']}  accepted "
+              f"{summary['accepted']}  rejected {summary['rejected']}  ({reasons})")
+        print(f"wrote {summary['export']}, {args.out}/accepted.jsonl, rejected.jsonl, summary.json")
 
 
 def _tasks(args) -> None:

@@ -584,8 +584,16 @@ def read_label_studio(path: Path, tasks: dict[str, dict] | None = None) -> Itera
             yield _reject(index, raw, "missing_field", "the task has no `data` object")
             continue
         annotations = [a for a in task.get("annotations") or task.get("completions") or [] if isinstance(a, dict)]
+        # a draft (saved in the editor, never submitted; the API's export lists them under `drafts`) is
+        # on file as one unit set aside, not a judgment
+        drafts = [d for d in task.get("drafts") or [] if isinstance(d, (dict, int)) and not isinstance(d, bool)]
+        for draft in drafts:
+            ident = draft.get("id") if isinstance(draft, dict) else draft
+            yield _reject(index, raw, "status_draft", "a draft the labeler saved but did not submit does not count",
+                          part=f"draft-{ident}")
         if not annotations:
-            yield _reject(index, raw, "no_annotation", "the task was not annotated")
+            if not drafts:
+                yield _reject(index, raw, "no_annotation", "the task was not annotated")
             continue
         task_id = str(data.get("task_id") or f"ls-{task.get('id')}")
         if tasks is not None:

@@ -155,7 +155,12 @@ def _ls_results(task: ComparisonTask, judgment: Mapping) -> list[dict]:
 
 def _ls_annotation(annotation_id: int, task_index: int, annotator: str, user: int, judgment: Mapping,
                    result: list[dict]) -> dict:
-    """One annotation of a Label Studio JSON export, by `annotator` (user number `user`)."""
+    """One annotation of a Label Studio JSON export, by `annotator` (user number `user`).
+
+    Shaped as Label Studio 1.23 exports it (tests/fixtures/labeling/real/): `completed_by` expanded to
+    {id, email, first_name, last_name}, as a snapshot export with `annotations__completed_by.only_id`
+    false gives it (the plain `/export` gives the user id alone; ingest reads both)."""
+    unique = hashlib.sha1(f"annotation/{annotation_id}".encode()).hexdigest()
     return {
         "id": annotation_id,
         "completed_by": {"id": user, "email": annotator if "@" in annotator else annotator + LS_EMAIL_DOMAIN,
@@ -166,7 +171,8 @@ def _ls_annotation(annotation_id: int, task_index: int, annotator: str, user: in
         "created_at": _EPOCH, "updated_at": _EPOCH,
         "draft_created_at": None,
         "lead_time": float(judgment.get("lead_time", 0.0)),
-        "prediction": {}, "result_count": 0, "unique_id": _result_id("annotation", annotation_id),
+        "prediction": {}, "result_count": len(result),
+        "unique_id": f"{unique[:8]}-{unique[8:12]}-{unique[12:16]}-{unique[16:20]}-{unique[20:32]}",
         "import_id": None, "last_action": None, "bulk_created": False,
         "task": task_index, "project": 1, "updated_by": user, "parent_prediction": None,
         "parent_annotation": None, "last_created_by": None,
@@ -178,7 +184,7 @@ def _ls_task(index: int, annotations: list[dict], data: dict) -> dict:
     return {
         "id": index,
         "annotations": annotations,
-        "file_upload": "label_studio_import.json",
+        "file_upload": "label_studio_import.json", "allow_skip": True,
         "drafts": [], "predictions": [],
         "data": data,
         "meta": {},
