@@ -5,7 +5,7 @@ STAMP := $(VENV)/.chatsmith-installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 OUT ?= runs/demo
 
-.PHONY: setup demo demo-seeds demo-overopt readme-figures test test-quick bench clean
+.PHONY: setup demo demo-seeds demo-overopt readme-figures test test-quick test-label-studio label-studio-venv bench clean
 
 $(STAMP): pyproject.toml requirements/tested.txt requirements/test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,10 +36,39 @@ readme-figures: setup
 	$(PY) tests/bench/readme_figures.py --seeds-dir runs/seeds --overopt runs/overopt --write
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 -m "not label_studio" tests
 
 test-quick: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not label_studio" tests
+
+# The live Label Studio test (tests/label_studio): a real server from .venv-ls, the client extra in .venv.
+# CI runs it after `make test` (.ci/run).
+LS_VENV ?= .venv-ls
+LS_VERSION := 1.23.2
+LS_STAMP := $(LS_VENV)/.label-studio-$(LS_VERSION)
+SDK_STAMP := $(VENV)/.chatsmith-label-studio-sdk
+
+# Label Studio itself, in its own venv: it pins its own Django and label-studio-sdk. A test requirement only.
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check label-studio==$(LS_VERSION)
+	touch $(LS_STAMP)
+
+label-studio-venv: $(LS_STAMP)
+
+# The `label-studio` extra (label-studio-sdk, pinned in requirements/tested.txt) in .venv, beside the tested
+# pins. Its dependencies but one: the SDK pins opencv-python-headless <4.13, whose wheels ask for numpy <2.3
+# against the tested 2.4.6, and no call chatsmith makes imports cv2 (only the SDK's image converters do).
+$(SDK_STAMP): $(STAMP)
+	$(PIP) -c requirements/tested.txt --no-deps label-studio-sdk
+	$(PY) -c "from importlib.metadata import requires; print('\n'.join(r for r in requires('label-studio-sdk') if 'extra ==' not in r and not r.lower().startswith('opencv')))" > $(VENV)/label-studio-sdk-deps.txt
+	$(PIP) -c requirements/tested.txt -r $(VENV)/label-studio-sdk-deps.txt
+	$(PY) -c "from label_studio_sdk import LabelStudio"
+	touch $(SDK_STAMP)
+
+test-label-studio: $(LS_STAMP) $(SDK_STAMP)
+	CHATSMITH_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -p no:cacheprovider --timeout 600 \
+		-m label_studio --durations=0 tests/label_studio
 
 bench: setup
 	$(PY) tests/bench/run_all.py
