@@ -49,7 +49,8 @@ def training_kwargs(config: TrainCommon, *, output_dir: Path) -> dict[str, Any]:
         disable_tqdm=False,
         dataloader_num_workers=0,
         eval_strategy="no",
-        **({"activation_checkpointing": True} if config.gradient_checkpointing else {}),
+        # Always set: TRL's SFTConfig and RewardConfig default to checkpointing (a third more compute per step).
+        activation_checkpointing=config.gradient_checkpointing,
     )
 
 
