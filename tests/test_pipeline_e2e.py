@@ -2,7 +2,7 @@
 skips, checkpoints load in plain transformers and generate through the chat template."""
 
 import json
-import time
+import math
 
 import pytest
 
@@ -36,7 +36,14 @@ def test_every_stage_writes_its_contract(run_dir):
         assert not (stage / "resume").exists()
         assert not list(stage.glob("*.bin")) and not list(stage.glob("*.pt"))
         metrics = json.loads((stage / "eval.json").read_text())
-        assert all(metrics.get(k) is not None for k in keys), (name, metrics)
+        for key in keys:  # each a number; an interval a [low, high] pair; a rate or an accuracy a share
+            value = metrics.get(key)
+            if key.endswith("_ci95"):
+                assert isinstance(value, list) and len(value) == 2 and value[0] <= value[1], (name, key, value)
+            else:
+                assert isinstance(value, (int, float)) and math.isfinite(value), (name, key, value)
+            if any(word in key for word in ("accuracy", "_rate_", "agreement")):
+                assert all(0 <= v <= 1 for v in (value if isinstance(value, list) else [value])), (name, key, value)
         rows = [json.loads(l) for l in (stage / "metrics.jsonl").read_text().splitlines()]
         assert rows and all("step" in r and "time_s" in r for r in rows)
     sft = json.loads((run_dir / "sft" / "eval.json").read_text())
@@ -111,14 +118,46 @@ def test_checkpoints_load_in_plain_transformers(run_dir):
     assert torch.isfinite(reward(**enc).logits).all()
 
 
-def test_rerun_skips_finished_stages_quickly(run_dir):
-    before = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/model.safetensors")}
-    started = time.perf_counter()
-    result = chatsmith("run", DEMO, "--out", run_dir, *TINY)
-    elapsed = time.perf_counter() - started
-    assert result.stdout.count("done, skipped") == 4
-    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/model.safetensors")} == before
-    assert elapsed < 5, f"a no-op re-run took {elapsed:.1f}s"  # it stats inputs instead of hashing them again
+NO_OP_PROBE = """
+import json, sys
+import stages.checkpoint as checkpoint
+hashed = []
+original = checkpoint.sha256_file
+def counted(path, **kwargs):
+    hashed.append(str(path))
+    return original(path, **kwargs)
+checkpoint.sha256_file = counted
+from pipeline.cli import main
+code = main(sys.argv[2:])
+models = sorted(m for m in sys.modules if m.startswith("transformers.models.") and ".modeling_" in m)
+with open(sys.argv[1], "w") as handle:
+    json.dump({"code": code, "hashed": hashed, "models": models}, handle)
+"""
+
+
+def test_rerun_of_a_finished_run_does_nothing(run_dir, tmp_path):
+    """A no-op re-run: every stage and the arena skipped, no checkpoint re-hashed (the inputs are stat'ed against the
+    manifest's stamps), no model class even imported, and the manifest and checkpoints untouched."""
+    import subprocess
+    import sys
+
+    from tiny import REPO, env
+
+    checkpoints = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/model.safetensors")}
+    manifest_before = (run_dir / "manifest.json").read_bytes()
+    ratings_before = (run_dir / "arena" / "ratings.json").stat().st_mtime_ns
+    report = tmp_path / "probe.json"
+    result = subprocess.run([sys.executable, "-c", NO_OP_PROBE, str(report), "run", str(DEMO), "--out", str(run_dir), *TINY],
+                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done, skipped") == 4 and "running" not in result.stdout, result.stdout
+    probe = json.loads(report.read_text())
+    assert probe["code"] == 0
+    assert not [p for p in probe["hashed"] if p.endswith(".safetensors")], probe["hashed"]
+    assert probe["models"] == []
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/model.safetensors")} == checkpoints
+    assert (run_dir / "manifest.json").read_bytes() == manifest_before
+    assert (run_dir / "arena" / "ratings.json").stat().st_mtime_ns == ratings_before
 
 
 def test_changed_config_reruns_that_stage_and_later(run_dir, tmp_path):

@@ -80,8 +80,22 @@ def test_end_of_turn_is_recorded_apart_from_the_document_eos(family_run):
         assert json.loads((out / stage / "chat_format.json").read_text()) == recorded, stage
         assert AutoTokenizer.from_pretrained(out / stage).eos_token == end_of_turn, stage
     assert json.loads((out / "ppo" / "chatsmith.json").read_text())["chat_format"] == recorded
-    for stage in ("sft", "ppo"):  # the run's behaviour evaluation went through the native format
-        assert json.loads((out / stage / "eval.json").read_text())["gold_score_greedy"] is not None
+    # The run's behaviour evaluation answered every test prompt through the native format: one line per test
+    # prompt, each greedy reply cut at a stop token of that format (no turn marker of the template runs on into
+    # the reply's text), and the headline figure is the mean of the gold judge's scores of those replies.
+    markers = {"qwen2.5": ["<|im_start|>", "<|im_end|>"], "llama3.2": ["<|start_header_id|>", "<|eot_id|>"],
+               "mistral": ["[INST]", "[/INST]", "</s>"]}[family]
+    test_prompts = [row for row in map(json.loads, (out / "data" / "eval_prompts.jsonl").read_text().splitlines())
+                    if row.get("split") == "test"]
+    for stage in ("sft", "ppo"):
+        figures = json.loads((out / stage / "eval.json").read_text())
+        answers = [line for line in map(json.loads, (out / stage / "eval_answers.jsonl").read_text().splitlines())
+                   if line["split"] == "test"]
+        assert len(answers) == figures["eval_prompts_test"] == len(test_prompts) > 0, stage
+        greedy = [line["replies"]["greedy"][0] for line in answers]
+        assert not [g["reply"] for g in greedy if any(m in g["reply"] for m in markers)], stage
+        gold = [g["verdicts"]["gold"]["score"] for g in greedy]
+        assert figures["gold_score_greedy"] == pytest.approx(sum(gold) / len(gold)), stage
 
 
 class ForceTokenAt:

@@ -185,7 +185,7 @@ def test_disk_estimate_before_tokenizing_is_close(tmp_path, tokenizer_dir, make_
 
 def test_shards_read_with_datatrove(tmp_path, tokenizer_dir, make_documents, write_rows):
     """The shard files are datatrove's tokenized-file layout: its reader sees the same tokens."""
-    dataset_module = pytest.importorskip("datatrove.utils.dataset")
+    from datatrove.utils import dataset as dataset_module  # a test requirement: never skipped
     write_corpus(tmp_path / "corpus", make_documents, write_rows, files=1)
     shards = tokenize_sources([str(tmp_path / "corpus")], tokenizer_dir, tmp_path / "cache", num_workers=1, progress=False)
     path = tmp_path / "cache" / shards.keys[0] / "parts" / "00000.train.ds"

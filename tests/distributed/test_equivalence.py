@@ -34,6 +34,7 @@ def one_by_eight(tmp_path_factory):
     return _pretrain(tmp_path_factory.mktemp("b8") / "run", "stages.pretrain.batch_size=8")
 
 
+@pytest.mark.slow
 def test_eight_accumulated_micro_batches_equal_one_batch(one_by_eight, tmp_path):
     accumulated = _pretrain(tmp_path / "run", "stages.pretrain.batch_size=1", "stages.pretrain.gradient_accumulation_steps=8")
     _close(one_by_eight, accumulated)

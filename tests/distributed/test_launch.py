@@ -5,7 +5,6 @@ on localhost; failures recorded; launch commands built from the recipe's `launch
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -75,14 +74,15 @@ def test_every_stage_on_two_processes(config, tmp_path):
     _check_outputs(run_dir)
     assert (run_dir / "logs" / "pretrain.log").exists()
     if config == "zero2":
-        # a finished run re-runs in seconds, launching nothing and touching no checkpoint
+        # a finished run re-runs launching nothing (every launch appends its command line to the stage's log)
+        # and touching no checkpoint
         before = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/model.safetensors")}
-        started = time.perf_counter()
+        logs = {p: p.read_bytes() for p in (run_dir / "logs").glob("*.log")}
         again = cli("run", DEMO, "--out", run_dir, *TINY, *launch)
-        elapsed = time.perf_counter() - started
         assert again.stdout.count("done, skipped") == 4 and "accelerate" not in again.stdout
         assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/model.safetensors")} == before
-        assert elapsed < 10, f"re-running a finished run took {elapsed:.1f}s"
+        assert {p: p.read_bytes() for p in (run_dir / "logs").glob("*.log")} == logs
+        assert {p.name for p in logs} >= {f"{stage}.log" for stage in ("pretrain", "sft", "reward", "ppo")}
 
 
 @pytest.mark.slow
@@ -130,6 +130,7 @@ def test_failed_launched_stage_is_recorded(tiny_assets, tmp_path):
     assert "Traceback" in (run_dir / "logs" / "sft.log").read_text()
 
 
+@pytest.mark.slow
 def test_failed_stage_in_process_is_recorded(tiny_assets, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
