@@ -36,15 +36,18 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, TextIO
 
 from labeling.controls import is_control
 from labeling.ingest import read_records
 from labeling.readers import json_objects
 from labeling.schema import Comparison, Demonstration, Rewrite, content_id, split_key
+
+if TYPE_CHECKING:
+    from labeling.screening import Screening
 
 MARGIN_SCALE = "overall"
 
@@ -227,6 +230,129 @@ def _screening(screening, sources: list[Source]):
     raise TypeError(f"screening: expected a Screening or a ScreenConfig, got {type(screening).__name__}")
 
 
+_DATASETS = ("comparisons_train", "comparisons_eval", "sft_train", "sft_eval")
+
+
+def _split_prompts(sources: list[Source], eval_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """The first pass, over the prompts only (digests, no rows): (every prompt key, the keys that go to eval).
+    A control's prompt is none of them (it never trains); an excluded judgment's is, so screening moves no prompt."""
+    keys: set[str] = set()
+    fixed: set[str] = set()  # prompts of `*_eval` files: always eval
+    kept: set[str] = set()  # prompts of train files split before: never drawn for eval
+    for source in sources:
+        for unit in _units(source):
+            if not unit.control:
+                (fixed if source.held_out else kept if source.kept_in_train else keys).add(unit.key)
+    held_out = fixed | eval_prompts(keys - fixed - kept, eval_fraction=eval_fraction, seed=seed)
+    return keys | fixed | kept, held_out
+
+
+@dataclass
+class _Pass:
+    """The writing pass of `build`: its open files, what it places units by, and what it counts."""
+
+    files: dict[str, TextIO]  # each dataset and "excluded" -> its file, open under a temporary name
+    held_out: set[str]  # the prompt keys that go to eval
+    exclude: Screening | None  # whose flagged labelers' judgments are left out (None: nobody's)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_DATASETS, 0))  # rows per dataset
+    # duplicates are told apart among records (by content id) and among plain rows, not across the two
+    seen: dict[bool, set[int]] = field(default_factory=lambda: {True: set(), False: set()})
+    by_source: dict[str, dict] = field(default_factory=dict)
+    read: int = 0
+    records: int = 0
+    ties: int = 0
+    duplicates: int = 0
+    controls: int = 0
+    excluded_by_reason: Counter[str] = field(default_factory=Counter)
+    excluded_by_labeler: dict[str, Counter] = field(default_factory=dict)
+
+
+def _write_excluded(run: _Pass, source: Source, unit: Unit) -> None:
+    """Writes a flagged labeler's judgment to excluded.jsonl with the reasons they were flagged, and counts it."""
+    reasons = run.exclude.flagged[unit.labeler]
+    reason = "+".join(reasons)
+    run.files["excluded"].write(json.dumps({
+        "source": source.name, "labeler": unit.labeler, "reasons": reasons,
+        "detail": run.exclude.detail.get(unit.labeler, ""),
+        "record": json.loads(unit.record.model_dump_json())}, ensure_ascii=False) + "\n")
+    run.excluded_by_reason[reason] += 1
+    run.excluded_by_labeler.setdefault(unit.labeler, Counter())[reason] += 1
+
+
+def _write_rows(run: _Pass, source: Source, unit: Unit) -> None:
+    """Writes the SFT and comparison rows of a kept unit to train, or to eval for an `*_eval` source or a
+    held-out prompt, and counts them."""
+    run.records += 1
+    run.ties += unit.ties
+    split = "eval" if source.held_out or unit.key in run.held_out else "train"
+    for dataset, rows in (("sft", unit.sft), ("comparisons", unit.comparisons)):
+        for row in rows:
+            run.files[f"{dataset}_{split}"].write(json.dumps(row, ensure_ascii=False) + "\n")
+        run.counts[f"{dataset}_{split}"] += len(rows)
+
+
+def _write_source(run: _Pass, source: Source) -> None:
+    """Places every unit of `source` (a duplicate is dropped, a control counted, a flagged labeler's judgment
+    excluded, any other written), and adds the source's entry to `run.by_source`."""
+    kinds: dict[str, Counter] = {}
+    here: Counter[str] = Counter()  # this source's read, duplicates, controls and excluded
+    already = run.seen[source.kind == "ingest"]
+    for unit in _units(source):
+        run.read += 1
+        here["read"] += 1
+        marker = int(unit.digest[:16], 16)
+        if marker in already:
+            here["duplicates"] += 1
+            continue
+        already.add(marker)
+        if unit.control:
+            run.controls += 1
+            here["controls"] += 1
+            continue
+        if run.exclude is not None and run.exclude.is_flagged(unit.labeler):
+            _write_excluded(run, source, unit)
+            here["excluded"] += 1
+            continue
+        _write_rows(run, source, unit)
+        tally = kinds.setdefault(unit.kind, Counter())
+        tally.update(records=1, sft_rows=len(unit.sft), comparison_rows=len(unit.comparisons))
+    run.duplicates += here["duplicates"]
+    run.by_source[source.name] = {"format": source.describe(), "duplicates": here["duplicates"]}
+    if source.kind == "ingest":
+        run.by_source[source.name].update(read=here["read"], controls=here["controls"], excluded=here["excluded"])
+    run.by_source[source.name]["kinds"] = {k: dict(v) for k, v in sorted(kinds.items())}
+
+
+def _write_datasets(sources: list[Source], out_dir: Path, held_out: set[str],
+                    exclude: Screening | None) -> tuple[_Pass, dict[str, Path]]:
+    """The second pass: writes the four datasets and excluded.jsonl from every source. Returns the pass (its
+    counts) and the paths written."""
+    paths = {name: out_dir / f"{name}.jsonl" for name in (*_DATASETS, "excluded")}
+    # written under temporary names and renamed once all are done, so an interrupted build leaves no partial dataset
+    files = {name: open(str(path) + ".tmp", "w", encoding="utf-8") for name, path in paths.items()}
+    run = _Pass(files, held_out, exclude)
+    try:
+        for source in sources:
+            _write_source(run, source)
+    finally:
+        for handle in files.values():
+            handle.close()
+    for path in paths.values():
+        os.replace(str(path) + ".tmp", path)
+    return run, paths
+
+
+def _write_screening(screening: Screening | None, excluding: bool, out_dir: Path, paths: dict[str, Path]) -> dict | None:
+    """Writes the screening figures to out_dir/screening.json (added to `paths`); returns the summary's
+    "screening" entry, None without screening."""
+    if screening is None:
+        return None
+    paths["screening"] = out_dir / "screening.json"
+    paths["screening"].write_text(json.dumps(screening.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return {"exclude_flagged": excluding, "flagged": screening.flagged, "detail": screening.detail,
+            "config": screening.config.model_dump()}
+
+
 def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: int = 0, sft_files=(), comparison_files=(),
           sft_eval_files=(), comparison_eval_files=(), sft_train_files=(), screening=None) -> dict:
     """Write the comparison and SFT datasets from every source into `out_dir`.
@@ -259,91 +385,18 @@ def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: in
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # pass 1: the prompts (digests only), so the split is decided before any row is written. A control's
-    # prompt is none of them (it never trains); an excluded judgment's is, so screening moves no prompt.
-    keys: set[str] = set()
-    fixed: set[str] = set()
-    kept: set[str] = set()
-    for source in sources:
-        for unit in _units(source):
-            if not unit.control:
-                (fixed if source.held_out else kept if source.kept_in_train else keys).add(unit.key)
-    held_out = fixed | eval_prompts(keys - fixed - kept, eval_fraction=eval_fraction, seed=seed)
-
-    names = ["comparisons_train", "comparisons_eval", "sft_train", "sft_eval"]
-    paths = {name: out_dir / f"{name}.jsonl" for name in names}
-    counts = dict.fromkeys(names, 0)
-    by_source: dict[str, dict] = {}
-    seen: dict[bool, set[int]] = {True: set(), False: set()}  # records (by content id) and plain rows apart
-    read = records = ties = duplicates = controls = 0
-    excluded_by_reason: Counter[str] = Counter()
-    excluded_by_labeler: dict[str, Counter] = {}
-    handles = {name: open(str(path) + ".tmp", "w", encoding="utf-8") for name, path in paths.items()}
-    excluded_path = out_dir / "excluded.jsonl"
-    excluded_handle = open(str(excluded_path) + ".tmp", "w", encoding="utf-8")
-    try:
-        for source in sources:
-            kinds: dict[str, Counter] = {}
-            dropped = source_read = source_controls = source_excluded = 0
-            for unit in _units(source):
-                read += 1
-                source_read += 1
-                marker, already = int(unit.digest[:16], 16), seen[source.kind == "ingest"]
-                if marker in already:
-                    dropped += 1
-                    continue
-                already.add(marker)
-                if unit.control:
-                    controls += 1
-                    source_controls += 1
-                    continue
-                if excluding and screening.is_flagged(unit.labeler):
-                    reasons = screening.flagged[unit.labeler]
-                    reason = "+".join(reasons)
-                    excluded_handle.write(json.dumps({
-                        "source": source.name, "labeler": unit.labeler, "reasons": reasons,
-                        "detail": screening.detail.get(unit.labeler, ""),
-                        "record": json.loads(unit.record.model_dump_json())}, ensure_ascii=False) + "\n")
-                    excluded_by_reason[reason] += 1
-                    excluded_by_labeler.setdefault(unit.labeler, Counter())[reason] += 1
-                    source_excluded += 1
-                    continue
-                records += 1
-                ties += unit.ties
-                split = "eval" if source.held_out or unit.key in held_out else "train"
-                for dataset, rows in (("sft", unit.sft), ("comparisons", unit.comparisons)):
-                    for row in rows:
-                        handles[f"{dataset}_{split}"].write(json.dumps(row, ensure_ascii=False) + "\n")
-                    counts[f"{dataset}_{split}"] += len(rows)
-                tally = kinds.setdefault(unit.kind, Counter())
-                tally.update(records=1, sft_rows=len(unit.sft), comparison_rows=len(unit.comparisons))
-            duplicates += dropped
-            by_source[source.name] = {"format": source.describe(), "duplicates": dropped}
-            if source.kind == "ingest":
-                by_source[source.name].update(read=source_read, controls=source_controls, excluded=source_excluded)
-            by_source[source.name]["kinds"] = {k: dict(v) for k, v in sorted(kinds.items())}
-    finally:
-        for handle in (*handles.values(), excluded_handle):
-            handle.close()
-    for name, path in (*paths.items(), ("excluded", excluded_path)):
-        os.replace(str(path) + ".tmp", path)
-    paths["excluded"] = excluded_path
-
-    excluded = sum(excluded_by_reason.values())
-    assert read == records + duplicates + controls + excluded, "build lost count of a record"  # an invariant
-    screened = None
-    if screening is not None:
-        paths["screening"] = out_dir / "screening.json"
-        paths["screening"].write_text(json.dumps(screening.to_dict(), indent=2) + "\n", encoding="utf-8")
-        screened = {"exclude_flagged": excluding, "flagged": screening.flagged, "detail": screening.detail,
-                    "config": screening.config.model_dump()}
-    summary = {**counts, "tied_pairs_dropped": ties, "read": read, "records": records, "duplicates": duplicates,
-               "controls": controls,
-               "excluded": {"records": excluded, "by_reason": dict(sorted(excluded_by_reason.items())),
-                            "by_labeler": {who: dict(c) for who, c in sorted(excluded_by_labeler.items())}},
+    prompts, held_out = _split_prompts(sources, eval_fraction, seed)
+    run, paths = _write_datasets(sources, out_dir, held_out, screening if excluding else None)
+    excluded = sum(run.excluded_by_reason.values())
+    assert run.read == run.records + run.duplicates + run.controls + excluded, "build lost count of a record"  # an invariant
+    screened = _write_screening(screening, excluding, out_dir, paths)
+    summary = {**run.counts, "tied_pairs_dropped": run.ties, "read": run.read, "records": run.records,
+               "duplicates": run.duplicates, "controls": run.controls,
+               "excluded": {"records": excluded, "by_reason": dict(sorted(run.excluded_by_reason.items())),
+                            "by_labeler": {who: dict(c) for who, c in sorted(run.excluded_by_labeler.items())}},
                "screening": screened,
-               "prompts": len(keys | fixed | kept), "eval_prompts": len(held_out), "eval_fraction": eval_fraction, "seed": seed,
-               "sources": [s.name for s in sources], "by_source": by_source,
+               "prompts": len(prompts), "eval_prompts": len(held_out), "eval_fraction": eval_fraction, "seed": seed,
+               "sources": [s.name for s in sources], "by_source": run.by_source,
                "paths": {name: str(path) for name, path in paths.items()}}
     (out_dir / "build.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -17,7 +17,6 @@ import json
 import sys
 
 PROG = "chatsmith labels"
-FORMATS = ("native", "hh-rlhf", "oasst", "label-studio", "argilla")  # = labeling.readers.FORMATS (checked by a test)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +29,8 @@ class _UserError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from labeling.readers import FORMATS  # the readers' table (plain Python: cheap to import)
+
     parser = _Parser(prog=PROG, description="Human labeling data: ingest exports, check quality, build datasets, make tasks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -41,9 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hh-demonstrations", action="store_true",
                    help="hh-rlhf: also take each chosen transcript as a demonstration (its replies were written by models)")
 
-    p = sub.add_parser("stats", help="agreement, gold accuracy, ties, position/length bias, time outliers")
-    p.add_argument("dir", metavar="DIR", help="an ingest output directory")
+    p = sub.add_parser("stats", help="agreement, gold accuracy, ties, position/length bias, time outliers; "
+                                     "per-labeler screening (controls, peer agreement) with flags")
+    p.add_argument("dir", metavar="DIR", nargs="+", help="ingest output directories (figured together)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
+    _screen_flags(p)
 
     p = sub.add_parser("build", help="pairwise comparisons (TRL) and SFT conversations from every source, split by prompt")
     p.add_argument("dir", metavar="DIR", nargs="*", help="ingest output directories (combined)")
@@ -55,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--comparisons-eval", action="append", default=[], metavar="FILE", help="held-out comparisons (repeatable)")
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    _screen_flags(p)
+    p.add_argument("--exclude-flagged", action="store_true", default=None,
+                   help="leave flagged labelers' judgments out of training (kept in DATA/excluded.jsonl with the reason)")
 
     p = sub.add_parser("tasks", help="tasks for labelers: comparisons (K sampled replies), demonstrations, rewrites",
                        usage=f"{PROG} tasks CHECKPOINT PROMPTS --k K --out DIR | --kind demonstration PROMPTS --out DIR | "
@@ -66,12 +72,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="what labelers do: rank K replies (default), write the reply, or rewrite a bad reply")
     p.add_argument("--from-eval", metavar="RUN", help="rewrite tasks from RUN/STAGE/eval_answers.jsonl (needs scores)")
     p.add_argument("--stage", metavar="STAGE", help="--from-eval: which stage's answers (default: ppo, else sft)")
+    p.add_argument("--judge", default="reward", metavar="NAME",
+                   help="--from-eval: whose verdicts rank the answers (default: reward, the run's reward model; gold on the demo)")
     p.add_argument("--worst", type=int, metavar="N", help="rewrite: only the N lowest-scored answers")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--controls", metavar="FILE", help="comparison: control tasks with a known answer to mix in "
+                   "(JSONL; see labeling/README.md); the answer stays in tasks.jsonl")
+    p.add_argument("--control-rate", type=float, metavar="R", help="share of the batch that is controls (default 0.05)")
     _label_studio_parsers(sub)
     return parser
 
@@ -89,6 +100,31 @@ def _label_studio_parsers(sub) -> None:
     p.add_argument("--tasks", metavar="TASKS", help="the tasks.jsonl (or tasks dir) pushed: match annotations to it by task id")
 
 
+def _screen_flags(p) -> None:
+    """The screening thresholds (labeling.screening.ScreenConfig; default: the type's)."""
+    p.add_argument("--min-control-accuracy", type=float, metavar="X",
+                   help="flag a labeler whose control accuracy is below X (95%% upper end; default 0.8)")
+    p.add_argument("--min-peer-agreement", type=float, metavar="X",
+                   help="flag a labeler whose agreement with the others' majority is below X (95%% upper end; default 0.6)")
+    p.add_argument("--min-controls", type=int, metavar="N", help="fewer controls: not flagged on control accuracy (default 10)")
+    p.add_argument("--min-shared-tasks", type=int, metavar="N",
+                   help="fewer tasks shared with others: not flagged on peer agreement (default 10)")
+
+
+def _screen_config(args):
+    from pydantic import ValidationError
+
+    from labeling.screening import ScreenConfig
+
+    given = {name: getattr(args, name, None) for name in ScreenConfig.model_fields}
+    try:
+        return ScreenConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        name = str(first["loc"][0])
+        raise _UserError(f"--{name.replace('_', '-')} {given[name]}: {first['msg']}") from None
+
+
 def _run(args) -> int:
     if args.command == "ingest":
         from labeling.ingest import ingest
@@ -98,10 +134,16 @@ def _run(args) -> int:
         print(f"read {summary['read']}  accepted {summary['accepted']}  rejected {summary['rejected']}  ({reasons})")
         print(f"wrote {args.out}/accepted.jsonl, rejected.jsonl, summary.json")
     elif args.command == "stats":
+        from labeling import screening
         from labeling.stats import format_table, stats
 
+        config = _screen_config(args)
         figures = stats(args.dir)
+        screened = screening.screen(args.dir, config)
+        figures["screening"] = screened.to_dict()
         print(format_table(figures))
+        print()
+        print(screening.format_table(screened))
         if args.json:
             with open(args.json, "w", encoding="utf-8") as handle:
                 json.dump(figures, handle, indent=2)
@@ -113,8 +155,12 @@ def _run(args) -> int:
 
         if not (args.dir or args.sft or args.comparisons or args.sft_eval or args.comparisons_eval):
             raise _UserError("build: give ingest directories (DIR ...) or training files (--sft, --comparisons)")
+        if args.exclude_flagged and not args.dir:
+            raise _UserError("build: --exclude-flagged screens the labelers of ingest directories (DIR ...); none given")
+        config = _screen_config(args)  # the labelers of the ingest dirs are screened (flags reported) whatever the flags
         summary = build(args.dir, args.out, eval_fraction=args.eval_fraction, seed=args.seed, sft_files=args.sft,
-                        comparison_files=args.comparisons, sft_eval_files=args.sft_eval, comparison_eval_files=args.comparisons_eval)
+                        comparison_files=args.comparisons, sft_eval_files=args.sft_eval, comparison_eval_files=args.comparisons_eval,
+                        screening=config if args.dir else None)
         print(format_table(summary))
         print(f"wrote {args.out}")
     elif args.command == "tasks":
@@ -156,20 +202,33 @@ def _tasks(args) -> None:
         raise _UserError("tasks: --worst and --stage apply to rewrite tasks")
     if args.stage and not args.from_eval:
         raise _UserError("tasks: --stage applies with --from-eval")
+    if (args.controls or args.control_rate is not None) and kind != "comparison":
+        raise _UserError("tasks: --controls and --control-rate apply to comparison tasks")
+    if args.control_rate is not None and not args.controls:
+        raise _UserError("tasks: --control-rate needs --controls FILE")
+    if args.control_rate is not None and not 0 <= args.control_rate < 1:
+        raise _UserError(f"tasks: --control-rate must be in [0, 1), got {args.control_rate}")
     from labeling import tasks
 
     files = f"{args.out}/tasks.jsonl, label_studio_import.json, label_studio_config.xml"
     if kind == "comparison":
         checkpoint, prompts = args.inputs
         summary = tasks.sample_tasks(checkpoint, prompts, args.out, k=args.k, max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature, seed=args.seed)
+                                     temperature=args.temperature, seed=args.seed, controls=args.controls,
+                                     control_rate=args.control_rate)
         print(f"{summary['tasks']} tasks from {summary['prompts']} prompts ({summary['skipped_prompts']} skipped: fewer than 2 distinct replies)")
+        if args.controls:
+            c = summary["control_counts"]
+            short = (f"; only {c['controls']} of the {c['controls_wanted']} wanted: the file has {c['controls_available']} "
+                     f"({c['controls_wrong_size']} with a candidate count no task has); write more controls"
+                     if c["controls"] < c["controls_wanted"] else "")
+            print(f"{c['controls']} of them are controls (rate {c['control_rate']:g}; known answers in tasks.jsonl only){short}")
     elif kind == "demonstration":
         summary = tasks.demonstration_tasks(args.inputs[0], args.out)
         print(f"{summary['tasks']} demonstration tasks")
     else:
         if args.from_eval:
-            summary = tasks.tasks_from_eval(args.from_eval, args.out, worst=args.worst, stage=args.stage)
+            summary = tasks.tasks_from_eval(args.from_eval, args.out, worst=args.worst, stage=args.stage, judge=args.judge)
         else:
             summary = tasks.rewrite_tasks(tasks.read_answers(args.inputs[0]), args.out, worst=args.worst, where=args.inputs[0])
         skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items() if v) or "none"

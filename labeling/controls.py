@@ -46,7 +46,7 @@ from typing import Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from labeling.schema import Candidate, ComparisonTask, Message, _canonical, guideline_version
+from labeling.schema import Candidate, ComparisonTask, Message, _canonical, as_task, candidate_ids, guideline_version
 
 DEFAULT_CONTROL_RATE = 0.05
 _CONTROL_KEYS = {"prompt", "candidates", "gold_ranking", "better", "worse"}
@@ -58,19 +58,13 @@ class ControlsError(ValueError):
     """A controls file or call that cannot be used; the message names the file:line or the argument."""
 
 
-def _letters(count: int) -> list[str]:
-    from labeling.tasks import candidate_ids  # tasks imports this module's names lazily too
-
-    return candidate_ids(count)
-
-
 def control_task(prompt, candidates: Sequence[Mapping | str], gold_ranking: Sequence[Sequence[str]] | None = None) -> ComparisonTask:
     """A control from a prompt (a string or messages), candidates ({"content", "id"?, "model"?} or plain
     strings) and the known ranking (tie groups of candidate ids, best first). With `gold_ranking`
     None the first candidate is the better one and the rest are tied below it."""
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
-    ids = _letters(len(candidates))
+    ids = candidate_ids(len(candidates))
     rows = []
     for i, candidate in enumerate(candidates):
         if isinstance(candidate, str):
@@ -183,7 +177,7 @@ def _shuffled(control: ComparisonTask, rng: random.Random, scheme: tuple[str, in
     """The control with its candidates in a random order, relabelled a, b, c, ..., and an id of the batch's scheme."""
     order = list(control.candidates)
     rng.shuffle(order)
-    letters = _letters(len(order))
+    letters = candidate_ids(len(order))
     rename = {c.id: letters[i] for i, c in enumerate(order)}
     candidates = [Candidate(id=rename[c.id], content=c.content, model=c.model) for c in order]
     gold = [sorted(rename[cid] for cid in group) for group in control.gold_ranking or []]
@@ -213,7 +207,6 @@ def mix_controls(tasks: Sequence[ComparisonTask | Mapping], controls: Sequence[C
     batch has. Counts: {"tasks": regular tasks, "controls": mixed in, "controls_wanted",
     "controls_available", "controls_wrong_size": controls whose candidate count the batch lacks,
     "control_rate"}."""
-    from labeling.tasks import as_task
 
     if not (0 <= rate < 1) or rate != rate:
         raise ControlsError(f"--control-rate must be in [0, 1), got {rate}")
@@ -231,7 +224,7 @@ def mix_controls(tasks: Sequence[ComparisonTask | Mapping], controls: Sequence[C
     if scheme is None:
         raise ControlsError("the batch's task ids are not one hashed scheme (PREFIX + hex digest), so a control's id "
                             "would stand out: leave task_id empty (chatsmith derives t-<hash>) or use one hashed scheme")
-    odd = next((t for t in tasks if [c.id for c in t.candidates] != _letters(len(t.candidates))), None)
+    odd = next((t for t in tasks if [c.id for c in t.candidates] != candidate_ids(len(t.candidates))), None)
     if odd is not None:
         raise ControlsError(f"task {odd.task_id}: candidate ids {[c.id for c in odd.candidates]} are not a, b, c, ...; "
                             "a control's would stand out")

@@ -215,6 +215,77 @@ def load_tasks(path: str | os.PathLike) -> dict[str, dict]:
     return tasks
 
 
+def _reader_options(fmt: str, tasks_path: str | os.PathLike | None, hh_demonstrations: bool) -> dict:
+    """The keyword arguments for reader `fmt`. Raises InputError for an option of another format, or a tasks
+    file that cannot be read."""
+    kwargs = {}
+    for option, given in (("tasks", tasks_path is not None), ("hh_demonstrations", hh_demonstrations)):
+        if given and fmt != OPTIONS[option]:
+            raise InputError(f"--{option.replace('_', '-')} only applies to --format {OPTIONS[option]}")
+    if hh_demonstrations:
+        kwargs["hh_demonstrations"] = True
+    if tasks_path is not None:
+        try:
+            kwargs["tasks"] = load_tasks(tasks_path)
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"cannot read tasks file {tasks_path}: {err}") from None
+    return kwargs
+
+
+def _accept(item: Item, fmt: str, source: str, seen: set[int]) -> tuple[object | None, str, str]:
+    """check_item, then the duplicate check: (the record to write, or None with the reason and detail it is set
+    aside). `seen` holds the digests of the records accepted so far; this adds the record's. A record without an
+    id is given one from its content."""
+    record, reason, detail = check_item(item, fmt, source)
+    if record is None:
+        return None, reason, detail
+    digest = content_id(record)
+    key = int(digest[:16], 16)
+    if key in seen:
+        return None, "duplicate", f"same content as an earlier record ({digest[:16]})"
+    seen.add(key)
+    if not record.id:
+        record = record.model_copy(update={"id": digest[:32]})
+    return record, "", ""
+
+
+def _rejected_row(fmt: str, source: str, item: Item, reason: str, detail: str) -> dict:
+    """The rejected.jsonl line of a unit set aside: where it came from, why, and its raw text (cut to
+    MAX_RAW_CHARS, saying so)."""
+    raw, cut = _raw_text(item.raw)
+    row = {"source_format": fmt, "file": source, "line": item.line, "part": item.part,
+           "reason": reason, "detail": detail, "sha256": item.sha256, "raw": raw}
+    if cut:
+        row["raw_truncated"] = True
+    return row
+
+
+def _sort_units(fmt: str, input_path: Path, out_dir: Path, kwargs: dict) -> tuple[int, Counter[str], Counter[str]]:
+    """Reads every unit of `input_path` with reader `fmt`, writing each accepted record to out_dir/accepted.jsonl
+    and each unit set aside to out_dir/rejected.jsonl. Returns (units read, records accepted per kind, units
+    rejected per reason)."""
+    reasons: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    seen: set[int] = set()
+    read = 0
+    source = str(input_path)
+    # written under temporary names and renamed at the end, so an interrupted ingest leaves no partial output
+    accepted_tmp, rejected_tmp = out_dir / "accepted.jsonl.tmp", out_dir / "rejected.jsonl.tmp"
+    with open(accepted_tmp, "w", encoding="utf-8") as good, open(rejected_tmp, "w", encoding="utf-8") as bad:
+        for item in READERS[fmt](input_path, **kwargs):
+            read += 1
+            record, reason, detail = _accept(item, fmt, source, seen)
+            if record is None:
+                bad.write(json.dumps(_rejected_row(fmt, source, item, reason, detail), ensure_ascii=False) + "\n")
+                reasons[reason] += 1
+                continue
+            good.write(record.model_dump_json() + "\n")
+            kinds[record.kind] += 1
+    os.replace(accepted_tmp, out_dir / "accepted.jsonl")
+    os.replace(rejected_tmp, out_dir / "rejected.jsonl")
+    return read, kinds, reasons
+
+
 def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, *, tasks_path: str | os.PathLike | None = None,
            hh_demonstrations: bool = False) -> dict:
     """Read `input_path` in format `fmt`; write accepted/rejected JSONL and summary.json to `out_dir`.
@@ -232,62 +303,16 @@ def ingest(fmt: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, 
         raise InputError(f"{input_path}: no such file")
     if input_path.is_dir():
         raise InputError(f"{input_path} is a directory, not a file")
-    kwargs = {}
-    for option, given in (("tasks", tasks_path is not None), ("hh_demonstrations", hh_demonstrations)):
-        if given and fmt != OPTIONS[option]:
-            raise InputError(f"--{option.replace('_', '-')} only applies to --format {OPTIONS[option]}")
-    if hh_demonstrations:
-        kwargs["hh_demonstrations"] = True
-    if tasks_path is not None:
-        try:
-            kwargs["tasks"] = load_tasks(tasks_path)
-        except (OSError, ValueError, KeyError) as err:
-            raise InputError(f"cannot read tasks file {tasks_path}: {err}") from None
+    kwargs = _reader_options(fmt, tasks_path, hh_demonstrations)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    reasons: Counter[str] = Counter()
-    kinds: Counter[str] = Counter()
-    seen: set[int] = set()
-    read = accepted = 0
-    source = str(input_path)
-    accepted_tmp, rejected_tmp = out_dir / "accepted.jsonl.tmp", out_dir / "rejected.jsonl.tmp"
-    with open(accepted_tmp, "w", encoding="utf-8") as good, open(rejected_tmp, "w", encoding="utf-8") as bad:
-
-        def set_aside(item: Item, reason: str, detail: str) -> None:
-            raw, cut = _raw_text(item.raw)
-            row = {"source_format": fmt, "file": source, "line": item.line, "part": item.part,
-                   "reason": reason, "detail": detail, "sha256": item.sha256, "raw": raw}
-            if cut:
-                row["raw_truncated"] = True
-            bad.write(json.dumps(row, ensure_ascii=False) + "\n")
-            reasons[reason] += 1
-
-        for item in READERS[fmt](input_path, **kwargs):
-            read += 1
-            record, reason, detail = check_item(item, fmt, source)
-            if record is None:
-                set_aside(item, reason, detail)
-                continue
-            digest = content_id(record)
-            key = int(digest[:16], 16)
-            if key in seen:
-                set_aside(item, "duplicate", f"same content as an earlier record ({digest[:16]})")
-                continue
-            seen.add(key)
-            if not record.id:
-                record = record.model_copy(update={"id": digest[:32]})
-            good.write(record.model_dump_json() + "\n")
-            accepted += 1
-            kinds[record.kind] += 1
-    os.replace(accepted_tmp, out_dir / "accepted.jsonl")
-    os.replace(rejected_tmp, out_dir / "rejected.jsonl")
-
-    rejected = sum(reasons.values())
+    read, kinds, reasons = _sort_units(fmt, input_path, out_dir, kwargs)
+    accepted, rejected = sum(kinds.values()), sum(reasons.values())
     elapsed = time.perf_counter() - start
     summary = {
         "format": fmt,
-        "input": source,
+        "input": str(input_path),
         "options": {"tasks": str(tasks_path) if tasks_path is not None else None, "hh_demonstrations": hh_demonstrations},
         "schema_version": SCHEMA_VERSION,
         "read": read,

@@ -567,6 +567,69 @@ def _ls_writing(mode: str | None, source: dict, annotation: dict) -> tuple[dict 
     return _writing_record(mode, name, texts[name], flags, source)
 
 
+def _ls_task_content(data: dict, task_id: str, tasks: dict[str, dict] | None) -> tuple | None:
+    """(prompt, candidates, gold ranking, writing) of one task: from `tasks` when given (None when the task is not
+    in it), else from the task's data. `writing` is the dict a free-text task's mode and original are read from
+    (None for a task with candidates); such a task has no candidates."""
+    if tasks is not None:
+        known = tasks.get(task_id)
+        if known is None:
+            return None
+        writing = known if known.get("kind") == "writing_task" else None
+        return known["prompt"], None if writing else known["candidates"], known.get("gold_ranking"), writing
+    writing = data if data.get("task_kind") in WRITING_MODES else None
+    prompt, candidates, gold = _ls_prompt(data), None if writing else _ls_candidates(data), data.get("gold_ranking")
+    if candidates is None and writing is None:
+        writing = data  # no replies to rank: a free-text task (an LLM fine-tuning template)
+    return prompt, candidates, gold, writing
+
+
+def _ls_writing_items(index: int, raw: bytes, annotations: list[dict], data: dict, task_id: str, prompt: list[dict],
+                      writing: dict) -> Iterator[Item]:
+    """One demonstration or rewrite per annotation of a free-text task (a skipped or unreadable one set aside)."""
+    mode = writing.get("mode", writing.get("task_kind"))
+    for annotation in annotations:
+        part = str(annotation.get("id"))
+        if annotation.get("was_cancelled"):
+            yield _reject(index, raw, "status_cancelled", "the labeler skipped the task", part=part)
+            continue
+        fields, reason, detail = _ls_writing(mode if mode in WRITING_MODES else None, writing, annotation)
+        if fields is None:
+            yield _reject(index, raw, reason, detail, part=part)
+            continue
+        yield Item(line=index, raw=raw, part=part, record={
+            "task_id": task_id, "prompt": prompt, "labeler": _ls_labeler(annotation),
+            "guideline_version": writing.get("guideline_version", data.get("guideline_version")),
+            "time_spent_s": annotation.get("lead_time"), **fields})
+
+
+def _ls_comparison_items(index: int, raw: bytes, annotations: list[dict], data: dict, task_id: str, prompt: list[dict],
+                         candidates: list[dict], gold: list[list[str]] | None) -> Iterator[Item]:
+    """One comparison per annotation of a task with candidates (a skipped or unranked one set aside)."""
+    for annotation in annotations:
+        part = str(annotation.get("id"))
+        if annotation.get("was_cancelled"):
+            yield _reject(index, raw, "status_cancelled", "the labeler skipped the task", part=part)
+            continue
+        fields, reason, detail = _ls_judgment(data, candidates, annotation)
+        if fields is None:
+            yield _reject(index, raw, reason, detail, part=part)
+            continue
+        yield Item(line=index, raw=raw, part=part, record={
+            "kind": "comparison",
+            "task_id": task_id,
+            "prompt": prompt,
+            "candidates": candidates,
+            "display_order": [c["id"] for c in candidates],
+            "labeler": _ls_labeler(annotation),
+            "guideline_version": data.get("guideline_version"),
+            "time_spent_s": annotation.get("lead_time"),
+            "gold": gold is not None,
+            "gold_ranking": gold,
+            **fields,
+        })
+
+
 def read_label_studio(path: Path, tasks: dict[str, dict] | None = None) -> Iterator[Item]:
     """One Item per annotation (a task without annotations is one `no_annotation` item).
 
@@ -596,62 +659,20 @@ def read_label_studio(path: Path, tasks: dict[str, dict] | None = None) -> Itera
                 yield _reject(index, raw, "no_annotation", "the task was not annotated")
             continue
         task_id = str(data.get("task_id") or f"ls-{task.get('id')}")
-        if tasks is not None:
-            known = tasks.get(task_id)
-            if known is None:
-                for annotation in annotations:
-                    yield _reject(index, raw, "unknown_task", f"task id {task_id} is not in the tasks file", part=str(annotation.get("id")))
-                continue
-            writing = known if known.get("kind") == "writing_task" else None
-            prompt, candidates, gold = known["prompt"], None if writing else known["candidates"], known.get("gold_ranking")
-        else:
-            writing = data if data.get("task_kind") in WRITING_MODES else None
-            prompt, candidates, gold = _ls_prompt(data), None if writing else _ls_candidates(data), data.get("gold_ranking")
-            if candidates is None and writing is None:
-                writing = data  # no replies to rank: a free-text task (an LLM fine-tuning template)
-        if writing is not None and prompt is not None:
-            mode = writing.get("mode", writing.get("task_kind"))
+        content = _ls_task_content(data, task_id, tasks)
+        if content is None:
             for annotation in annotations:
-                part = str(annotation.get("id"))
-                if annotation.get("was_cancelled"):
-                    yield _reject(index, raw, "status_cancelled", "the labeler skipped the task", part=part)
-                    continue
-                fields, reason, detail = _ls_writing(mode if mode in WRITING_MODES else None, writing, annotation)
-                if fields is None:
-                    yield _reject(index, raw, reason, detail, part=part)
-                    continue
-                yield Item(line=index, raw=raw, part=part, record={
-                    "task_id": task_id, "prompt": prompt, "labeler": _ls_labeler(annotation),
-                    "guideline_version": writing.get("guideline_version", data.get("guideline_version")),
-                    "time_spent_s": annotation.get("lead_time"), **fields})
+                yield _reject(index, raw, "unknown_task", f"task id {task_id} is not in the tasks file", part=str(annotation.get("id")))
             continue
-        if prompt is None or candidates is None:
+        prompt, candidates, gold, writing = content
+        if writing is not None and prompt is not None:
+            yield from _ls_writing_items(index, raw, annotations, data, task_id, prompt, writing)
+        elif prompt is None or candidates is None:
             for annotation in annotations:
                 what = "prompt" if prompt is None else "candidates"
                 yield _reject(index, raw, "missing_field", f"cannot find the {what} in the task data", part=str(annotation.get("id")))
-            continue
-        for annotation in annotations:
-            part = str(annotation.get("id"))
-            if annotation.get("was_cancelled"):
-                yield _reject(index, raw, "status_cancelled", "the labeler skipped the task", part=part)
-                continue
-            fields, reason, detail = _ls_judgment(data, candidates, annotation)
-            if fields is None:
-                yield _reject(index, raw, reason, detail, part=part)
-                continue
-            yield Item(line=index, raw=raw, part=part, record={
-                "kind": "comparison",
-                "task_id": task_id,
-                "prompt": prompt,
-                "candidates": candidates,
-                "display_order": [c["id"] for c in candidates],
-                "labeler": _ls_labeler(annotation),
-                "guideline_version": data.get("guideline_version"),
-                "time_spent_s": annotation.get("lead_time"),
-                "gold": gold is not None,
-                "gold_ranking": gold,
-                **fields,
-            })
+        else:
+            yield from _ls_comparison_items(index, raw, annotations, data, task_id, prompt, candidates, gold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,14 +693,18 @@ def _argilla_responses(record: dict) -> list[dict] | None:
         return out
     per_user: dict[str, dict] = {}
     if isinstance(responses, dict):  # v2, to_list(flatten=False)
+        # The argilla SDK's own nested export (records.to_json, to_list(flatten=False), to_disk) writes each
+        # response as {value, user_id} with no status: a draft or a discarded response cannot be told from a
+        # submitted one there, so such a response is set aside (`status_unknown`), never taken as a judgment.
         for question, answers in responses.items():
             for answer in answers or []:
                 if isinstance(answer, dict):
                     user = str(answer.get("user_id"))
-                    slot = per_user.setdefault(user, {"user_id": user, "status": answer.get("status", "submitted"), "values": {}})
+                    status = answer.get("status") or "unknown"
+                    slot = per_user.setdefault(user, {"user_id": user, "status": status, "values": {}})
                     slot["values"][question] = answer.get("value")
-                    if answer.get("status") and answer.get("status") != "submitted":
-                        slot["status"] = answer["status"]
+                    if status != "submitted":
+                        slot["status"] = status
         return list(per_user.values())
     flat = [k[: -len(".responses")] for k in record if k.endswith(".responses")]  # v2, flatten=True
     if not flat:
@@ -749,7 +774,8 @@ def read_argilla(path: Path) -> Iterator[Item]:
             yield bad
             continue
         fields = record.get("fields") if isinstance(record.get("fields"), dict) else record
-        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        # the flat export (to_list(flatten=True)) spreads metadata over the record, beside the fields
+        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else record
         prompt = _ls_prompt(fields)
         if prompt is None:
             yield _reject(index, raw, "missing_field", "a record needs a prompt field (`prompt`, `question` or `instruction`)")
@@ -767,6 +793,11 @@ def read_argilla(path: Path) -> Iterator[Item]:
         for response in responses:
             part = f"{record_id}/{response['user_id']}"
             status = response.get("status") or "submitted"
+            if status == "unknown":
+                yield _reject(index, raw, "status_unknown", "the export does not say whether this response was submitted "
+                              "(argilla's nested records.to_json / to_list(flatten=False) leave the status out): export "
+                              "with records.to_list(flatten=True), which keeps it", part=part)
+                continue
             if status != "submitted":
                 yield _reject(index, raw, f"status_{status}", f"a {status} response does not count", part=part)
                 continue
@@ -797,11 +828,24 @@ def read_argilla(path: Path) -> Iterator[Item]:
                 yield _reject(index, raw, "unranked", "no readable ranking question in the response", part=part)
 
 
-READERS: dict[str, Callable[..., Iterator[Item]]] = {
-    "native": read_native,
-    "hh-rlhf": read_hh,
-    "oasst": read_oasst,
-    "label-studio": read_label_studio,
-    "argilla": read_argilla,
+@dataclass(frozen=True)
+class Reader:
+    """A labeler export format: its reader, and what its records can give a run (`sft`: demonstrations and
+    rewrites; `comparisons`). hh-rlhf gives SFT rows only when asked (`hh_demonstrations`)."""
+
+    read: Callable[..., Iterator[Item]]
+    yields: frozenset[str]
+
+    def __call__(self, path: Path, **kwargs) -> Iterator[Item]:
+        return self.read(path, **kwargs)
+
+
+READERS: dict[str, Reader] = {
+    "native": Reader(read_native, frozenset({"sft", "comparisons"})),
+    "hh-rlhf": Reader(read_hh, frozenset({"comparisons"})),
+    "oasst": Reader(read_oasst, frozenset({"sft", "comparisons"})),
+    "label-studio": Reader(read_label_studio, frozenset({"sft", "comparisons"})),
+    "argilla": Reader(read_argilla, frozenset({"sft", "comparisons"})),
 }
+"""The one list of labeler export formats: every other place (the CLI, the recipe schema, preflight) reads it."""
 FORMATS = tuple(READERS)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -288,3 +289,21 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def candidate_ids(count: int) -> list[str]:
+    """a, b, c, ... (then a1, b1, ... past 26): short, stable ids that read well in a UI."""
+    letters = string.ascii_lowercase
+    return [letters[i % 26] + (str(i // 26) if i >= 26 else "") for i in range(count)]
+
+
+def as_task(task: ComparisonTask | Mapping) -> ComparisonTask:
+    """A ComparisonTask from a task or a dict ({"prompt", "candidates": [{"content", "model"?, "id"?}]})."""
+    if isinstance(task, ComparisonTask):
+        return task
+    task = dict(task)
+    ids = candidate_ids(len(task.get("candidates") or []))
+    task["candidates"] = [{"id": c.get("id", ids[i]), **{k: v for k, v in c.items() if k != "id"}}
+                          for i, c in enumerate(task.get("candidates") or [])]
+    task.setdefault("guideline_version", guideline_version())
+    return ComparisonTask.model_validate(task)

@@ -196,55 +196,66 @@ def _labeler(record) -> str:
     return record.labeler.id if record.labeler else NO_LABELER
 
 
-def screen(ingest_dirs, config: ScreenConfig | Mapping | None = None) -> Screening:
-    """Per-labeler figures over the comparisons of every ingest dir (one dir or a list), and the
-    labelers `config` flags (see the module docstring). The same labeler id in several dirs is one
-    labeler; the same task id is one task."""
-    config = ScreenConfig() if config is None else config if isinstance(config, ScreenConfig) else ScreenConfig.model_validate(config)
-    dirs = _ingest_dirs(ingest_dirs)
-    records: Counter[str] = Counter()
-    comparisons: Counter[str] = Counter()
-    control_trials: dict[str, list[int]] = defaultdict(list)
-    units: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))  # (task, a, b) -> labeler -> values
-    tie_clusters: dict[str, list[tuple[int, int]]] = defaultdict(list)  # labeler -> [(ties, pairs)] per judgment
-    times: dict[str, list[float]] = defaultdict(list)
+@dataclass
+class _Evidence:
+    """What `screen` reads from the records, per labeler, before any figure is computed."""
+
+    records: Counter[str] = field(default_factory=Counter)
+    comparisons: Counter[str] = field(default_factory=Counter)
+    control_trials: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # labeler -> 1 / 0 per control
+    units: dict[tuple, dict[str, list[int]]] = field(  # (task, a, b) -> labeler -> values
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    tie_clusters: dict[str, list[tuple[int, int]]] = field(  # labeler -> [(ties, pairs)] per judgment
+        default_factory=lambda: defaultdict(list))
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _add_comparison(evidence: _Evidence, who: str, record: Comparison) -> None:
+    """Adds one comparison to `evidence`: its ties and time spent, and then its control trial (a control) or its
+    pairs' values under their units (any other task)."""
+    ids = [c.id for c in record.candidates]
+    values = pair_values(record.ranking, ids)
+    evidence.tie_clusters[who].append((sum(v == 0 for v in values.values()), len(values)))
+    if record.time_spent_s is not None:
+        evidence.times[who].append(record.time_spent_s)
+    if is_control(record):
+        if record.gold_ranking is not None:
+            truth = {pair: v for pair, v in pair_values(record.gold_ranking, ids).items() if v}
+            if truth:
+                evidence.control_trials[who].append(int(all(values[pair] == v for pair, v in truth.items())))
+        return  # controls are not peer evidence
+    key = _task_key(record)
+    for pair, value in values.items():
+        evidence.units[(key, *pair)][who].append(value)
+
+
+def _read_evidence(dirs: list) -> _Evidence:
+    """The per-labeler evidence of the records of every ingest dir."""
+    evidence = _Evidence()
     for directory in dirs:
         for record in read_records(directory):
             who = _labeler(record)
-            records[who] += 1
-            if not isinstance(record, Comparison):
-                continue
-            comparisons[who] += 1
-            ids = [c.id for c in record.candidates]
-            values = pair_values(record.ranking, ids)
-            tie_clusters[who].append((sum(v == 0 for v in values.values()), len(values)))
-            if record.time_spent_s is not None:
-                times[who].append(record.time_spent_s)
-            if is_control(record):
-                if record.gold_ranking is not None:
-                    truth = {pair: v for pair, v in pair_values(record.gold_ranking, ids).items() if v}
-                    if truth:
-                        control_trials[who].append(int(all(values[pair] == v for pair, v in truth.items())))
-                continue  # controls are not peer evidence
-            key = _task_key(record)
-            for pair, value in values.items():
-                units[(key, *pair)][who].append(value)
+            evidence.records[who] += 1
+            if isinstance(record, Comparison):
+                evidence.comparisons[who] += 1
+                _add_comparison(evidence, who, record)
+    return evidence
 
-    # control accuracy first: a labeler the controls flag is nobody's peer (their answers would drag
-    # the majority the honest ones are measured against)
-    control_figures = {}
-    for who in records:
-        trials = control_trials.get(who, [])
-        passed, n = sum(trials), len(trials)
-        interval = wilson(passed, n)
-        if n < config.min_controls:
-            status = NOT_ENOUGH_CONTROLS
-        else:
-            status = BELOW if interval[1] < config.min_control_accuracy else OK
-        control_figures[who] = (passed, n, interval, status)
-    not_peers = {who for who, figures in control_figures.items() if figures[3] == BELOW and who != NO_LABELER}
 
-    # peer agreement: per labeler, per task, hits and totals against the other (peer) labelers' majority
+def _control_accuracy(trials: list[int], config: ScreenConfig) -> tuple[int, int, tuple[float, float] | None, str]:
+    """(controls passed, controls answered, Wilson 95% interval, status) of one labeler's control trials."""
+    passed, n = sum(trials), len(trials)
+    interval = wilson(passed, n)
+    if n < config.min_controls:
+        status = NOT_ENOUGH_CONTROLS
+    else:
+        status = BELOW if interval[1] < config.min_control_accuracy else OK
+    return passed, n, interval, status
+
+
+def _peer_cells(units: dict[tuple, dict[str, list[int]]], not_peers: set[str]) -> dict[str, dict[str, list[int]]]:
+    """Per labeler, per task: [hits, totals] of their pair values against the majority of the other labelers'
+    values, `not_peers` left out of the majority (a pair where the others are split is not counted)."""
     per_task: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for (task, *_pair), by_labeler in units.items():
         if len(by_labeler) < 2:
@@ -259,48 +270,86 @@ def screen(ingest_dirs, config: ScreenConfig | Mapping | None = None) -> Screeni
             cell = per_task[who][task]
             cell[0] += sum(v == top for v in mine)
             cell[1] += len(mine)
+    return per_task
+
+
+def _peer_agreement(who: str, cells: list[list[int]],
+                    config: ScreenConfig) -> tuple[float | None, tuple[float, float] | None, str]:
+    """(agreement, its bootstrap 95% interval over tasks, status) of one labeler from their per-task
+    [hits, totals] cells."""
+    hits, totals = [c[0] for c in cells], [c[1] for c in cells]
+    agreement = sum(hits) / sum(totals) if sum(totals) else None
+    interval = bootstrap_ratio(hits, totals, seed=_seed("peer", who)) if cells else None
+    if len(cells) < config.min_shared_tasks or interval is None:
+        status = NOT_ENOUGH_SHARED
+    else:
+        status = BELOW if interval[1] < config.min_peer_agreement else OK
+    return agreement, interval, status
+
+
+def _ties_figures(who: str, tie_cells: list[tuple[int, int]]) -> dict:
+    """One labeler's "ties" entry: the share of tied pairs, with its bootstrap 95% interval over judgments."""
+    tie_pairs = sum(p for _, p in tie_cells)
+    tie_share = sum(t for t, _ in tie_cells) / tie_pairs if tie_pairs else None
+    tie_interval = bootstrap_ratio([t for t, _ in tie_cells], [p for _, p in tie_cells], seed=_seed("ties", who)) if tie_pairs else None
+    return {"pairs": tie_pairs, "share": _round(tie_share), "ci95": _round(tie_interval)}
+
+
+def _time_figures(who: str, spent: list[float]) -> dict:
+    """One labeler's "time_s" entry: the median time spent per judgment, with its bootstrap 95% interval."""
+    median = float(statistics.median(spent)) if spent else None
+    return {"n": len(spent), "median": _round(median, 3),
+            "ci95": _round(bootstrap_median(spent, seed=_seed("time", who)), 3) if spent else None}
+
+
+def _flag_detail(reasons: list[str], control: tuple, agreement: float | None, tasks: int,
+                 peer_interval: tuple[float, float] | None, config: ScreenConfig) -> str:
+    """The one line saying why a labeler is flagged: each flagged figure, its interval and the threshold."""
+    passed, n, interval, _status = control
+    parts = []
+    if CONTROL_ACCURACY in reasons:
+        parts.append(f"control accuracy {passed}/{n} = {passed / n:.2f} (95% CI {interval[0]:.2f}-{interval[1]:.2f}) "
+                     f"below {config.min_control_accuracy:g}")
+    if PEER_AGREEMENT in reasons:
+        parts.append(f"peer agreement {agreement:.2f} on {tasks} shared tasks (95% CI {peer_interval[0]:.2f}-"
+                     f"{peer_interval[1]:.2f}) below {config.min_peer_agreement:g}")
+    return "; ".join(parts)
+
+
+def screen(ingest_dirs, config: ScreenConfig | Mapping | None = None) -> Screening:
+    """Per-labeler figures over the comparisons of every ingest dir (one dir or a list), and the
+    labelers `config` flags (see the module docstring). The same labeler id in several dirs is one
+    labeler; the same task id is one task."""
+    config = ScreenConfig() if config is None else config if isinstance(config, ScreenConfig) else ScreenConfig.model_validate(config)
+    dirs = _ingest_dirs(ingest_dirs)
+    evidence = _read_evidence(dirs)
+    # control accuracy first: a labeler the controls flag is nobody's peer (their answers would drag
+    # the majority the honest ones are measured against)
+    controls = {who: _control_accuracy(evidence.control_trials.get(who, []), config) for who in evidence.records}
+    not_peers = {who for who, figures in controls.items() if figures[3] == BELOW and who != NO_LABELER}
+    per_task = _peer_cells(evidence.units, not_peers)
 
     labelers, flagged, detail = {}, {}, {}
-    for who in sorted(records):
-        passed, n, interval, control_status = control_figures[who]
+    for who in sorted(evidence.records):
+        passed, n, interval, control_status = controls[who]
         cells = list(per_task.get(who, {}).values())
-        hits, totals = [c[0] for c in cells], [c[1] for c in cells]
-        agreement = sum(hits) / sum(totals) if sum(totals) else None
-        peer_interval = bootstrap_ratio(hits, totals, seed=_seed("peer", who)) if cells else None
-        if len(cells) < config.min_shared_tasks or peer_interval is None:
-            peer_status = NOT_ENOUGH_SHARED
-        else:
-            peer_status = BELOW if peer_interval[1] < config.min_peer_agreement else OK
-        tie_cells = tie_clusters.get(who, [])
-        tie_pairs = sum(p for _, p in tie_cells)
-        tie_share = sum(t for t, _ in tie_cells) / tie_pairs if tie_pairs else None
-        tie_interval = bootstrap_ratio([t for t, _ in tie_cells], [p for _, p in tie_cells], seed=_seed("ties", who)) if tie_pairs else None
-        spent = times.get(who, [])
-        median = float(statistics.median(spent)) if spent else None
+        agreement, peer_interval, peer_status = _peer_agreement(who, cells, config)
         reasons = []
         if who != NO_LABELER:
             reasons = [name for name, status in ((CONTROL_ACCURACY, control_status), (PEER_AGREEMENT, peer_status)) if status == BELOW]
         labelers[who] = {
-            "records": records[who], "comparisons": comparisons[who],
+            "records": evidence.records[who], "comparisons": evidence.comparisons[who],
             "controls": {"n": n, "passed": passed, "accuracy": _round(passed / n if n else None), "ci95": _round(interval),
                          "status": control_status},
-            "peer_agreement": {"tasks": len(cells), "pairs": sum(totals), "agreement": _round(agreement),
+            "peer_agreement": {"tasks": len(cells), "pairs": sum(c[1] for c in cells), "agreement": _round(agreement),
                                "ci95": _round(peer_interval), "status": peer_status},
-            "ties": {"pairs": tie_pairs, "share": _round(tie_share), "ci95": _round(tie_interval)},
-            "time_s": {"n": len(spent), "median": _round(median, 3),
-                       "ci95": _round(bootstrap_median(spent, seed=_seed("time", who)), 3) if spent else None},
+            "ties": _ties_figures(who, evidence.tie_clusters.get(who, [])),
+            "time_s": _time_figures(who, evidence.times.get(who, [])),
             "flags": reasons,
         }
         if reasons:
             flagged[who] = reasons
-            parts = []
-            if CONTROL_ACCURACY in reasons:
-                parts.append(f"control accuracy {passed}/{n} = {passed / n:.2f} (95% CI {interval[0]:.2f}-{interval[1]:.2f}) "
-                             f"below {config.min_control_accuracy:g}")
-            if PEER_AGREEMENT in reasons:
-                parts.append(f"peer agreement {agreement:.2f} on {len(cells)} shared tasks (95% CI {peer_interval[0]:.2f}-"
-                             f"{peer_interval[1]:.2f}) below {config.min_peer_agreement:g}")
-            detail[who] = "; ".join(parts)
+            detail[who] = _flag_detail(reasons, controls[who], agreement, len(cells), peer_interval, config)
     return Screening(config=config, labelers=labelers, flagged=flagged, detail=detail, sources=[str(d) for d in dirs])
 
 

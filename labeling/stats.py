@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from itertools import combinations
 from statistics import median
 
@@ -76,68 +77,90 @@ def _records(ingest_dirs):
         yield from read_records(directory)
 
 
-def stats(ingest_dir) -> dict:
-    """The figures described in the module docstring, as a JSON-able dict, over one ingest dir or a
-    list of them. (Per-labeler screening with intervals and flags: labeling.screening.)"""
-    kinds: Counter[str] = Counter()
-    preference: dict[tuple, list[int]] = defaultdict(list)  # unit -> values
-    by_labeler_unit: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    ratings: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
-    per = defaultdict(lambda: Counter())  # labeler -> counters
-    times: list[tuple[float, str, str]] = []
-    ties = pairs = position_hits = position_total = length_hits = length_total = 0
-    gold_hits = gold_total = 0
-    tasks_labelers: dict[str, set] = defaultdict(set)
+@dataclass
+class _Tally:
+    """What `stats` gathers in one pass over the records; the figures are computed from it afterwards."""
 
-    for record in _records(ingest_dir):
-        kinds[record.kind] += 1
-        if not isinstance(record, Comparison):
-            continue
-        who = record.labeler.id if record.labeler else NO_LABELER
-        key = _task_key(record)
-        tasks_labelers[key].add(who)
-        ids = [c.id for c in record.candidates]
-        values = pair_values(record.ranking, ids)
-        per[who]["judgments"] += 1
-        for pair, value in values.items():
-            preference[(key, *pair)].append(value)
-            by_labeler_unit[(key, *pair)][who].append(value)
-            pairs += 1
-            per[who]["pairs"] += 1
-            if value == 0:
-                ties += 1
-                per[who]["ties"] += 1
-        if record.display_order:
-            shown = {cid: i for i, cid in enumerate(record.display_order)}
-            for (a, b), value in values.items():
-                if value:
-                    earlier = a if shown[a] < shown[b] else b
-                    winner = a if value > 0 else b
-                    position_hits += winner == earlier
-                    position_total += 1
-        lengths = {c.id: len(c.content) for c in record.candidates}
-        for (a, b), value in values.items():
-            if value and lengths[a] != lengths[b]:
-                winner = a if value > 0 else b
-                length_hits += lengths[winner] == max(lengths[a], lengths[b])
-                length_total += 1
-        if record.gold_ranking is not None:
-            truth = pair_values(record.gold_ranking, ids)
-            for pair, expected in truth.items():
-                if expected:
-                    hit = values[pair] == expected
-                    gold_hits += hit
-                    gold_total += 1
-                    per[who]["gold_hits"] += hit
-                    per[who]["gold_total"] += 1
-        for cid, scales in record.ratings.items():
-            for scale, value in scales.items():
-                ratings[scale][(key, cid)].append(value)
-        if record.time_spent_s is not None:
-            times.append((record.time_spent_s, who, record.id))
+    kinds: Counter[str] = field(default_factory=Counter)
+    preference: dict[tuple, list[int]] = field(default_factory=lambda: defaultdict(list))  # unit -> values
+    by_labeler_unit: dict[tuple, dict[str, list[int]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    ratings: dict[str, dict[tuple, list[float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    per: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # labeler -> counters
+    times: list[tuple[float, str, str]] = field(default_factory=list)
+    tasks_labelers: dict[str, set] = field(default_factory=lambda: defaultdict(set))
+    totals: Counter[str] = field(default_factory=Counter)  # ties, pairs, position/length/gold hits and totals
 
-    # leave-one-out consensus: the majority value of the other labelers of the same unit
-    for unit, labelers in by_labeler_unit.items():
+
+def _tally_pairs(tally: _Tally, key: str, who: str, values: dict[tuple[str, str], int]) -> None:
+    """Counts the pairs of one judgment: each pair's value under its unit (overall and per labeler), and the ties."""
+    for pair, value in values.items():
+        tally.preference[(key, *pair)].append(value)
+        tally.by_labeler_unit[(key, *pair)][who].append(value)
+        tally.totals["pairs"] += 1
+        tally.per[who]["pairs"] += 1
+        if value == 0:
+            tally.totals["ties"] += 1
+            tally.per[who]["ties"] += 1
+
+
+def _tally_position(totals: Counter, display_order: list[str], values: dict[tuple[str, str], int]) -> None:
+    """Counts the untied pairs of one judgment, and those the earlier-shown reply wins."""
+    shown = {cid: i for i, cid in enumerate(display_order)}
+    for (a, b), value in values.items():
+        if value:
+            earlier = a if shown[a] < shown[b] else b
+            winner = a if value > 0 else b
+            totals["position_hits"] += winner == earlier
+            totals["position_total"] += 1
+
+
+def _tally_length(totals: Counter, record: Comparison, values: dict[tuple[str, str], int]) -> None:
+    """Counts the untied pairs of unequal length of one judgment, and those the longer reply wins."""
+    lengths = {c.id: len(c.content) for c in record.candidates}
+    for (a, b), value in values.items():
+        if value and lengths[a] != lengths[b]:
+            winner = a if value > 0 else b
+            totals["length_hits"] += lengths[winner] == max(lengths[a], lengths[b])
+            totals["length_total"] += 1
+
+
+def _tally_gold(tally: _Tally, who: str, truth: dict[tuple[str, str], int], values: dict[tuple[str, str], int]) -> None:
+    """Counts the pairs the known answer orders, and those the judgment orders the same way (overall and per labeler)."""
+    for pair, expected in truth.items():
+        if expected:
+            hit = values[pair] == expected
+            tally.totals["gold_hits"] += hit
+            tally.totals["gold_total"] += 1
+            tally.per[who]["gold_hits"] += hit
+            tally.per[who]["gold_total"] += 1
+
+
+def _tally_comparison(tally: _Tally, record: Comparison) -> None:
+    """Counts one comparison into `tally`: its labeler and task, its pairs, position, length and gold hits,
+    its ratings and its time spent."""
+    who = record.labeler.id if record.labeler else NO_LABELER
+    key = _task_key(record)
+    tally.tasks_labelers[key].add(who)
+    ids = [c.id for c in record.candidates]
+    values = pair_values(record.ranking, ids)
+    tally.per[who]["judgments"] += 1
+    _tally_pairs(tally, key, who, values)
+    if record.display_order:
+        _tally_position(tally.totals, record.display_order, values)
+    _tally_length(tally.totals, record, values)
+    if record.gold_ranking is not None:
+        _tally_gold(tally, who, pair_values(record.gold_ranking, ids), values)
+    for cid, scales in record.ratings.items():
+        for scale, value in scales.items():
+            tally.ratings[scale][(key, cid)].append(value)
+    if record.time_spent_s is not None:
+        tally.times.append((record.time_spent_s, who, record.id))
+
+
+def _tally_consensus(tally: _Tally) -> None:
+    """Counts each labeler's agreement with the leave-one-out consensus: the majority value of the other
+    labelers of the same unit."""
+    for labelers in tally.by_labeler_unit.values():
         if len(labelers) < 2:
             continue
         for who, mine in labelers.items():
@@ -146,26 +169,35 @@ def stats(ingest_dir) -> dict:
             if rest and rest[0][1] == top_count:
                 continue  # the others are split: no consensus to agree with
             for v in mine:
-                per[who]["consensus_hits"] += v == top
-                per[who]["consensus_total"] += 1
+                tally.per[who]["consensus_hits"] += v == top
+                tally.per[who]["consensus_total"] += 1
 
-    time_figures, outliers = {}, []
-    if times:
-        values = [t for t, _, _ in times]
-        mid = median(values)
-        mad = median(abs(t - mid) for t in values) * 1.4826
-        for t, who, rid in times:
-            if mad > 0 and abs(t - mid) / mad > ROBUST_Z:
-                outliers.append({"record": rid, "labeler": who, "time_spent_s": t})
-                per[who]["time_outliers"] += 1
-        time_figures = {"median_s": round(mid, 3), "mad_s": round(mad, 3), "outliers": len(outliers),
-                        "outlier_examples": outliers[:20]}
+
+def _time_figures(tally: _Tally) -> dict:
+    """The median and MAD of the time spent, and the outliers (robust z > ROBUST_Z), each also counted on its
+    labeler; {} when no judgment has a time."""
+    if not tally.times:
+        return {}
+    outliers = []
+    values = [t for t, _, _ in tally.times]
+    mid = median(values)
+    mad = median(abs(t - mid) for t in values) * 1.4826
+    for t, who, rid in tally.times:
+        if mad > 0 and abs(t - mid) / mad > ROBUST_Z:
+            outliers.append({"record": rid, "labeler": who, "time_spent_s": t})
+            tally.per[who]["time_outliers"] += 1
+    return {"median_s": round(mid, 3), "mad_s": round(mad, 3), "outliers": len(outliers),
+            "outlier_examples": outliers[:20]}
+
+
+def _labeler_figures(tally: _Tally) -> dict[str, dict]:
+    """Per labeler, sorted by id: judgments, agreement with the consensus, gold accuracy, tie rate, median time
+    and time outliers."""
     labeler_times = defaultdict(list)
-    for t, who, _ in times:
+    for t, who, _ in tally.times:
         labeler_times[who].append(t)
-
     labelers = {}
-    for who, c in sorted(per.items()):
+    for who, c in sorted(tally.per.items()):
         labelers[who] = {
             "judgments": c["judgments"],
             "agreement_with_consensus": _share(c["consensus_hits"], c["consensus_total"]),
@@ -174,22 +206,37 @@ def stats(ingest_dir) -> dict:
             "median_time_s": round(median(labeler_times[who]), 3) if labeler_times[who] else None,
             "time_outliers": c["time_outliers"],
         }
-    alpha = _alpha(preference, "ordinal")
+    return labelers
+
+
+def stats(ingest_dir) -> dict:
+    """The figures described in the module docstring, as a JSON-able dict, over one ingest dir or a
+    list of them. (Per-labeler screening with intervals and flags: labeling.screening.)"""
+    tally = _Tally()
+    for record in _records(ingest_dir):
+        tally.kinds[record.kind] += 1
+        if isinstance(record, Comparison):
+            _tally_comparison(tally, record)
+    _tally_consensus(tally)
+    time_figures = _time_figures(tally)  # before the labelers' figures: it counts their time outliers
+    labelers = _labeler_figures(tally)
+    alpha = _alpha(tally.preference, "ordinal")
+    totals = tally.totals
     return {
-        "records": dict(sorted(kinds.items())),
-        "comparisons": kinds["comparison"],
-        "tasks": len(tasks_labelers),
-        "tasks_with_2plus_labelers": sum(len(v) >= 2 for v in tasks_labelers.values()),
+        "records": dict(sorted(tally.kinds.items())),
+        "comparisons": tally.kinds["comparison"],
+        "tasks": len(tally.tasks_labelers),
+        "tasks_with_2plus_labelers": sum(len(v) >= 2 for v in tally.tasks_labelers.values()),
         "labelers": labelers,
         "agreement": {
             "preference_alpha_ordinal": None if alpha is None else round(alpha, 4),
             "rating_alpha_ordinal": {scale: (None if (a := _alpha(units, "ordinal")) is None else round(a, 4))
-                                     for scale, units in sorted(ratings.items())},
+                                     for scale, units in sorted(tally.ratings.items())},
         },
-        "gold_accuracy": _share(gold_hits, gold_total),
-        "tie_rate": _share(ties, pairs),
-        "position_bias_first_shown_wins": _share(position_hits, position_total),
-        "length_bias_longer_wins": _share(length_hits, length_total),
+        "gold_accuracy": _share(totals["gold_hits"], totals["gold_total"]),
+        "tie_rate": _share(totals["ties"], totals["pairs"]),
+        "position_bias_first_shown_wins": _share(totals["position_hits"], totals["position_total"]),
+        "length_bias_longer_wins": _share(totals["length_hits"], totals["length_total"]),
         "time": time_figures,
     }
 

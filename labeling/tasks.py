@@ -6,8 +6,10 @@
     chatsmith labels tasks --from-eval RUN [--stage sft|ppo] --worst N --out DIR
 
 Samples K replies per prompt from CHECKPOINT and writes
-    DIR/tasks.jsonl                  native ComparisonTask records (stable task ids);
-    DIR/label_studio_import.json     tasks to import into a Label Studio project;
+    DIR/tasks.jsonl                  native ComparisonTask records (stable task ids), with the known
+                                     answer of each control task (`--controls`, labeling.controls);
+    DIR/label_studio_import.json     tasks to import into a Label Studio project: the same fields for
+                                     every task, no known answer, no model names (annotators see it);
     DIR/label_studio_config.xml      that project's labeling config: a ranker with one bucket per
                                      rank (a bucket holds tied replies), a 1-7 overall rating and
                                      flags per reply, a rationale box.
@@ -30,13 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from xml.sax.saxutils import quoteattr
 
 from labeling.readers import LS_EMAIL_DOMAIN, json_objects
-from labeling.schema import FLAGS, ComparisonTask, WritingTask, guideline_version
+from labeling.schema import FLAGS, ComparisonTask, WritingTask, as_task, candidate_ids, guideline_version
 
 RANKER_NAME, LIST_NAME = "rank", "replies"
 RATING_SCALE, RATING_MAX = "overall", 7
@@ -44,33 +46,16 @@ CONFIG_FLAGS = ("fails_to_follow_instruction", "hallucination", "harmful", "inap
 _EPOCH = "2026-01-01T00:00:00.000000Z"
 
 
-def candidate_ids(count: int) -> list[str]:
-    """a, b, c, ... (then a1, b1, ... past 26): short, stable ids that read well in a UI."""
-    letters = string.ascii_lowercase
-    return [letters[i % 26] + (str(i // 26) if i >= 26 else "") for i in range(count)]
-
-
-def as_task(task: ComparisonTask | Mapping) -> ComparisonTask:
-    """A ComparisonTask from a task or a dict ({"prompt", "candidates": [{"content", "model"?, "id"?}]})."""
-    if isinstance(task, ComparisonTask):
-        return task
-    task = dict(task)
-    ids = candidate_ids(len(task.get("candidates") or []))
-    task["candidates"] = [{"id": c.get("id", ids[i]), **{k: v for k, v in c.items() if k != "id"}}
-                          for i, c in enumerate(task.get("candidates") or [])]
-    task.setdefault("guideline_version", guideline_version())
-    return ComparisonTask.model_validate(task)
-
-
 def _ls_data(task: ComparisonTask) -> dict:
+    """What Label Studio holds of a task, the same fields in the same order for every task. Everything in
+    it is visible to annotators (the Data Manager's columns, the API), so it carries neither a control's
+    known answer (`gold_ranking`) nor which model wrote a reply: both stay in tasks.jsonl, and
+    `labels ingest --tasks` takes them from there."""
     return {
         "task_id": task.task_id,
         "prompt": [m.model_dump() for m in task.prompt],
         "candidates": [{"id": c.id, "title": f"Reply {c.id.upper()}", "body": c.content} for c in task.candidates],
-        # not shown to labelers (the config does not reference it); kept so the export names the models
-        "candidate_models": {c.id: c.model for c in task.candidates},
         "guideline_version": task.guideline_version,
-        **({"gold_ranking": task.gold_ranking} if task.gold_ranking is not None else {}),
     }
 
 
@@ -102,15 +87,24 @@ def label_studio_config(max_candidates: int) -> str:
 """
 
 
-def write_tasks(tasks: Iterable[ComparisonTask | Mapping], out_dir) -> dict:
+def write_tasks(tasks: Iterable[ComparisonTask | Mapping], out_dir, *, controls: Sequence[ComparisonTask | Mapping] = (),
+                control_rate: float | None = None, seed: int = 0) -> dict:
     """Write tasks.jsonl, label_studio_import.json and label_studio_config.xml into `out_dir`.
 
     Each task: a prompt conversation plus K candidate replies (with the model that wrote each);
-    its task id is stable (derived from prompt + candidates unless given). Returns
-    {"tasks": n, "task_ids": [...], "paths": {...}}."""
+    its task id is stable (derived from prompt + candidates unless given). `controls` (tasks with a
+    known `gold_ranking`, see labeling.controls) are mixed in at `control_rate` of the batch (default
+    0.05 when there are controls), at random positions (`seed`). Known answers and models are written
+    to tasks.jsonl only, never to the Label Studio import. Returns {"tasks": n (controls included),
+    "controls": m, "task_ids": [...], "control_counts": {...} (labeling.controls.mix_controls),
+    "paths": {...}}."""
+    from labeling.controls import DEFAULT_CONTROL_RATE, mix_controls
+
+    if control_rate is None:
+        control_rate = DEFAULT_CONTROL_RATE if controls else 0.0
+    tasks, control_counts = mix_controls(tasks, controls, control_rate, seed=seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [as_task(t) for t in tasks]
     ids = [t.task_id for t in tasks]
     if len(set(ids)) != len(ids):
         raise ValueError("two tasks have the same task id (the same prompt and candidates twice?)")
@@ -123,7 +117,8 @@ def write_tasks(tasks: Iterable[ComparisonTask | Mapping], out_dir) -> dict:
         json.dumps([{"data": _ls_data(t)} for t in tasks], ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     paths["label_studio_config"].write_text(
         label_studio_config(max((len(t.candidates) for t in tasks), default=2)), encoding="utf-8")
-    return {"tasks": len(tasks), "task_ids": ids, "paths": {k: str(v) for k, v in paths.items()}}
+    return {"tasks": len(tasks), "controls": sum(t.gold_ranking is not None for t in tasks), "task_ids": ids,
+            "control_counts": control_counts, "paths": {k: str(v) for k, v in paths.items()}}
 
 
 def _result_id(*parts) -> str:
@@ -257,12 +252,20 @@ def read_prompts(path) -> list[list[dict]]:
 
 
 def sample_tasks(checkpoint, prompts_path, out_dir, *, k: int = 4, max_new_tokens: int = 128,
-                 temperature: float = 1.0, seed: int = 0) -> dict:
+                 temperature: float = 1.0, seed: int = 0, controls=None, control_rate: float | None = None) -> dict:
     """Sample `k` replies per prompt from `checkpoint` and write them as comparison tasks.
 
-    Prompts whose samples are not at least two distinct non-empty replies are skipped (counted)."""
+    Prompts whose samples are not at least two distinct non-empty replies are skipped (counted).
+    `controls`: a controls file (labeling.controls) or control tasks, mixed in at `control_rate`
+    (default 0.05) of the batch."""
     if k < 2:
         raise ValueError("k must be at least 2: a comparison needs two replies")
+    from labeling.controls import ControlsError, read_controls
+
+    if isinstance(controls, (str, os.PathLike)):
+        controls = read_controls(controls)  # a bad controls file fails before any sampling
+    if control_rate and not controls:
+        raise ControlsError("--control-rate needs --controls FILE")
     from transformers import AutoModelForCausalLM
 
     from stages.common import generate_replies, load_tokenizer
@@ -284,7 +287,7 @@ def sample_tasks(checkpoint, prompts_path, out_dir, *, k: int = 4, max_new_token
             skipped += 1
             continue
         tasks.append({"prompt": prompt, "candidates": [{"content": r, "model": model_name} for r in replies]})
-    summary = write_tasks(tasks, out_dir)
+    summary = write_tasks(tasks, out_dir, controls=controls or (), control_rate=control_rate, seed=seed)
     summary.update({"prompts": len(prompts), "skipped_prompts": skipped, "k": k, "checkpoint": str(checkpoint)})
     (Path(out_dir) / "tasks_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
@@ -396,8 +399,20 @@ def eval_answers_path(run, stage: str | None = None) -> Path:
     raise FileNotFoundError(f"{run}: no {EVAL_ANSWERS} in {', '.join(str(p.parent) for p in candidates)}")
 
 
-def _answer_row(row: dict, where: str) -> dict:
-    """{prompt messages, answer, score, flags, model, split} from one answers line."""
+def _verdict_score(row: dict, judge: str):
+    """The score of `judge`'s verdict on the greedy reply of an eval_answers.jsonl line (`pipeline.eval`'s judges:
+    `replies.greedy[0].verdicts[judge].score`), or None."""
+    replies = row.get("replies")
+    greedy = replies.get("greedy") if isinstance(replies, dict) else None
+    first = greedy[0] if isinstance(greedy, list) and greedy and isinstance(greedy[0], dict) else {}
+    verdict = (first.get("verdicts") or {}).get(judge)
+    score = verdict.get("score") if isinstance(verdict, dict) else None
+    return score if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+
+
+def _answer_row(row: dict, where: str, judge: str = "reward") -> dict:
+    """{prompt messages, answer, score, flags, model, split} from one answers line; the score is the line's own
+    (`reward`, `score`), else the `judge`'s verdict on its greedy reply."""
     conversation = row.get("prompt", row.get("messages"))
     if isinstance(conversation, str):
         conversation = [{"role": "user", "content": conversation}]
@@ -408,15 +423,16 @@ def _answer_row(row: dict, where: str) -> dict:
         conversation = conversation[:-1]
     answer = next((row[f] for f in ANSWER_FIELDS if isinstance(row.get(f), str)), None)
     score = next((row[f] for f in SCORE_FIELDS if isinstance(row.get(f), (int, float)) and not isinstance(row.get(f), bool)), None)
+    score = _verdict_score(row, judge) if score is None else score
     flags = row.get("flags") if isinstance(row.get("flags"), list) else []
     return {"prompt": conversation, "answer": answer, "score": None if score is None else float(score),
             "flags": [f for f in flags if f in FLAGS], "model": row.get("model"), "split": row.get("split"), "id": row.get("id")}
 
 
-def read_answers(path) -> list[dict]:
+def read_answers(path, *, judge: str = "reward") -> list[dict]:
     """Answer rows from JSONL: {"prompt" | "messages", "answer" | "greedy" | "reply", "reward" | "score"?,
-    "flags"?, "model"?, "split"?} (the shape of RUN/STAGE/eval_answers.jsonl)."""
-    return [_answer_row(row, where) for where, row in json_objects(Path(path))]
+    "flags"?, "model"?, "split"?}, or RUN/STAGE/eval_answers.jsonl lines scored by `judge`'s verdicts."""
+    return [_answer_row(row, where, judge) for where, row in json_objects(Path(path))]
 
 
 def worst_answers(rows: Sequence[Mapping], n: int | None, *, where: str = "the answers") -> tuple[list[dict], dict]:
@@ -460,11 +476,12 @@ def rewrite_tasks(rows: Sequence[Mapping], out_dir, *, worst: int | None = None,
     return summary
 
 
-def tasks_from_eval(run, out_dir, *, worst: int | None, stage: str | None = None) -> dict:
-    """`labels tasks --from-eval RUN --worst N`: rewrite tasks for the N worst held-out answers."""
+def tasks_from_eval(run, out_dir, *, worst: int | None, stage: str | None = None, judge: str = "reward") -> dict:
+    """`labels tasks --from-eval RUN --worst N [--judge NAME]`: rewrite tasks for the N held-out (dev) answers the
+    judge scored worst (the run's reward model by default)."""
     path = eval_answers_path(run, stage)
     model = path.parent.name if path.name == EVAL_ANSWERS else None
-    summary = rewrite_tasks(read_answers(path), out_dir, worst=worst, model=model, where=str(path))
+    summary = rewrite_tasks(read_answers(path, judge=judge), out_dir, worst=worst, model=model, where=str(path))
     summary["eval_answers"] = str(path)
     (Path(out_dir) / "tasks_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

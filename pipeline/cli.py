@@ -20,6 +20,8 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pipeline.registry import STAGE_ORDER  # pydantic config types only: `--help` stays fast
+
     parser = argparse.ArgumentParser(prog="chatsmith", description="From raw text to an aligned assistant.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -31,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.ppo.kl_coef=0.05")
 
     stage = sub.add_parser("stage", help="run one stage of a recipe")
-    stage.add_argument("name", choices=["pretrain", "sft", "reward", "ppo"])
+    stage.add_argument("name", choices=STAGE_ORDER)
     stage.add_argument("recipe")
     stage.add_argument("--out", default=None)
     stage.add_argument("--force", action="store_true", help="run even if the manifest says the stage is done")
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. launch.config=zero3")
 
     sub.add_parser("labels", help="ingest, stats, build, tasks (chatsmith labels --help)", add_help=False)
-    from pipeline.data import add_parser as add_data_parser
+    from pipeline.data_command import add_parser as add_data_parser
 
     add_data_parser(sub)
     sub.add_parser("arena", help="pairwise battles between checkpoints -> Bradley-Terry ratings with 95%% CIs "
@@ -79,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return labels_main(argv[1:])
     if argv and argv[0] == "arena":
-        from pipeline.arena import main as arena_main
-        from pipeline.demo import gold_scorer_for_run
+        from pipeline.eval.arena.cli import main as arena_main
 
-        return arena_main(argv[1:], gold_scorer_for=gold_scorer_for_run)
+        return arena_main(argv[1:])
     parser = _parser()
     # Overrides may come before or after options (`stage sft R --out D k=v` and `stage sft R k=v --out D`).
     args, extra = parser.parse_known_args(argv)
@@ -144,7 +145,7 @@ def _preflight(args, recipe) -> int:
 
 
 def _data(args, recipe=None) -> int:
-    from pipeline.data import data_command
+    from pipeline.data_command import data_command
     from stages.data.sources import DataError
 
     try:

@@ -7,7 +7,7 @@
                             On the demo, your sources join the world's: its SFT conversations and your
                             sources build into DIR/labels/sft-build before SFT; the simulated labelers'
                             comparisons and yours into DIR/labels/build before the reward stage
-                            (`build_demo_comparisons`)
+                            (`build_source_comparisons`)
     ensure_corpus(run)      the pretraining text as cached token shards (`stages.data`), tokenized once by
                             N processes; DIR/data/corpus.json names the cache entries (its hash is the
                             pretrain stage's data lineage: nothing of the corpus is copied or re-hashed)
@@ -40,45 +40,73 @@ def cache_root(run) -> Path:
     return Path(run.recipe.data.cache_dir).expanduser() if run.recipe.data.cache_dir else default_cache_dir()
 
 
+class FilesSource:
+    """The run's data from the recipe's own files (`data.source: files`). The demo world (`pipeline.demo.Demo`) is the
+    other data source; the runner asks its source, never which one it is (`pipeline.registry.data_source`)."""
+
+    name = "files"
+    sft_build_name = "build"
+    """Where the SFT rows built from the recipe's sources are: DIR/labels/build."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def write_data(self) -> None:
+        """DIR/data/{prompts,eval_prompts}.jsonl: the recipe's prompt sources, normalised to JSONL."""
+        data = self.run.recipe.data
+        for key in ("prompts", "eval_prompts"):
+            if getattr(data, key):
+                write_jsonl(self.run.data_path(f"{key}.jsonl"), _rows(f"data.{key}", getattr(data, key), data.max_bad_fraction))
+
+    def pretrain_sources(self) -> list:
+        return list(self.run.recipe.data.pretrain_text or [])
+
+    def sft_files(self) -> tuple[list[str], list[str]]:
+        """(train, held out) SFT files of the source's own, built with the recipe's: none."""
+        return [], []
+
+    def judged_settings(self) -> dict:
+        return {"world": None}
+
+    def before_stage(self, name: str) -> None:
+        pass
+
+    def judges(self) -> dict:
+        return {}
+
+    def monitor_judge(self, stage_config):
+        return None
+
+    def arena_judge(self):
+        return None
+
+    def stage_figures(self, records: list[dict], rows: list[dict]) -> dict:
+        return {}
+
+    def reward_figures(self, pairs, chosen, rejected, clusters) -> dict:
+        return {}
+
+
 def pretrain_sources(run) -> list:
-    """The pretraining text sources: `data.pretrain_text`, or the demo world's documents."""
-    from stages.data.sources import Source
-
-    if run.demo is None:
-        return list(run.recipe.data.pretrain_text or [])
-    return [Source(paths=[str(demo_corpus(run))], name="demo-world")]
-
-
-def demo_corpus(run) -> Path:
-    """The demo world's documents as a corpus file named by its content, beside the token shards, with a fixed
-    modification time: the same world gives the same file (and fingerprint) for every run directory, so its
-    shards are reused and a copied or moved run directory still matches its lineage."""
-    import os
-    import shutil
-
-    from stages.checkpoint import sha256_file
-
-    generated = run.data_path("pretrain.jsonl")
-    corpus = cache_root(run).parent / "demo-corpus" / f"{sha256_file(generated)[:32]}.jsonl"
-    if not corpus.exists():
-        corpus.parent.mkdir(parents=True, exist_ok=True)
-        tmp = corpus.with_name(corpus.name + ".tmp")
-        shutil.copyfile(generated, tmp)
-        os.utime(tmp, (946684800, 946684800))  # 2000-01-01: a content-named file needs no real time
-        os.replace(tmp, corpus)
-    return corpus
+    """The pretraining text sources (`data.pretrain_text`, or the demo world's documents), resolved once per run."""
+    if run.pretrain_sources is None:
+        run.pretrain_sources = run.source.pretrain_sources()
+    return run.pretrain_sources
 
 
 def sources_fingerprint(run) -> Path:
     """DIR/data/pretrain_sources.json: each pretraining source with its cheap fingerprint (file names, sizes,
-    modification times; no content read) — what lineage hashes instead of the corpus. Rewritten only when
-    it changes."""
+    modification times; no content read) — what lineage hashes instead of the corpus. Written once per run, and
+    only when it changes."""
     from stages.data.sources import fingerprint
 
-    record = [{**s.model_dump(mode="json"), "fingerprint": fingerprint(s)} for s in pretrain_sources(run)]
     path = run.data_path("pretrain_sources.json")
+    if run.fingerprinted:
+        return path
+    record = [{**s.model_dump(mode="json"), "fingerprint": fingerprint(s)} for s in pretrain_sources(run)]
     if not path.exists() or json.loads(path.read_text()) != record:
         write_json_atomic(path, record)
+    run.fingerprinted = True
     return path
 
 
@@ -90,9 +118,9 @@ def has_built_data(run) -> bool:
 
 
 def sft_build_dir(run) -> Path:
-    """Where the SFT rows built from the recipe's sources are: DIR/labels/build, or on the demo
-    DIR/labels/sft-build (DIR/labels/build then holds the comparisons made after SFT)."""
-    return run.dir / "labels" / ("sft-build" if run.demo is not None else "build")
+    """Where the SFT rows built from the recipe's sources are: DIR/labels/build, or on the demo DIR/labels/sft-build
+    (DIR/labels/build then holds the comparisons made after SFT)."""
+    return run.dir / "labels" / run.source.sft_build_name
 
 
 def _user_files_stamp(data) -> list:
@@ -118,12 +146,7 @@ def materialise_data(run) -> None:
     if stamp.exists() and json.loads(stamp.read_text()).get("config_sha256") == sha:
         return
     run.data_dir.mkdir(parents=True, exist_ok=True)
-    if run.demo is not None:
-        run.demo.write_data({k: run.data_path(f"{k}.jsonl") for k in DATASETS})
-    else:
-        for key in ("prompts", "eval_prompts"):
-            if getattr(data, key):
-                write_jsonl(run.data_path(f"{key}.jsonl"), _rows(f"data.{key}", getattr(data, key), data.max_bad_fraction))
+    run.source.write_data()
     if has_built_data(run):
         build_labels(run)
     write_json_atomic(stamp, {"config_sha256": sha, "source": data.source})
@@ -154,12 +177,12 @@ def build_labels(run) -> dict:
     for summary in ingested:
         run.say(f"labels: {summary['dir']}: read {summary['read']}, accepted {summary['accepted']}, "
                 f"rejected {summary['rejected']} {summary.get('reasons') or ''}")
-    world = [run.data_path("sft_train.jsonl")] if run.demo is not None else []
-    if world:  # the world's conversations keep their split: its held-out ones stay held out, the rest in train
-        files["sft_eval"].insert(0, str(run.data_path("sft_eval.jsonl")))
+    # The source's own conversations (the demo world's) keep their split: held-out ones stay held out, the rest train.
+    source_train, source_eval = run.source.sft_files()
     built = build([s["dir"] for s in ingested], sft_build_dir(run), eval_fraction=data.eval_fraction,
                   seed=run.recipe.seed, sft_files=files["sft"], comparison_files=files["comparisons"],
-                  sft_eval_files=files["sft_eval"], comparison_eval_files=files["comparisons_eval"], sft_train_files=world)
+                  sft_eval_files=[*source_eval, *files["sft_eval"]], comparison_eval_files=files["comparisons_eval"],
+                  sft_train_files=source_train)
     run.say(f"data: built {built['sft_train']} + {built['sft_eval']} SFT rows and {built['comparisons_train']} + "
             f"{built['comparisons_eval']} comparisons (train + held out) from {len(built.get('by_source', {}))} sources")
     return {"ingest": ingested, "build": built}
@@ -180,9 +203,9 @@ def _user_files(run, *, write: bool = True) -> dict[str, list[str]]:
     return files
 
 
-def build_demo_comparisons(run, fmt: str, export: Path, *, tasks: Path | None = None) -> dict:
-    """The demo's simulated labelers' export -> DIR/labels/ingest, built with the recipe's own labels and
-    comparison files (`build_labels` ingested and normalised them) -> DIR/labels/build."""
+def build_source_comparisons(run, fmt: str, export: Path, *, tasks: Path | None = None) -> dict:
+    """A labeler export the data source made (the demo's simulated labelers') -> DIR/labels/ingest, built with the
+    recipe's own labels and comparison files (`build_labels` ingested and normalised them) -> DIR/labels/build."""
     from labeling.build import build
     from labeling.ingest import ingest
 
@@ -232,48 +255,3 @@ def _document_eos_id(tokenizer_dir: Path) -> int:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tokenizer_dir)).eos_token_id
-
-
-# ------------------------------------------------------------------------------------- chatsmith data
-
-
-def add_parser(subparsers) -> None:
-    """`chatsmith data tokenize|ls|clean`."""
-    data = subparsers.add_parser("data", help="token shards of the pretraining text: tokenize, ls, clean")
-    sub = data.add_subparsers(dest="data_command", required=True)
-    tokenize = sub.add_parser("tokenize", help="the recipe's pretraining text -> cached token shards (pretrain does it when missing)")
-    tokenize.add_argument("recipe")
-    tokenize.add_argument("--out", default=None, help="run directory (its tokenizer; default runs/<recipe name>)")
-    tokenize.add_argument("overrides", nargs="*")
-    listing = sub.add_parser("ls", help="the cache entries: source, tokens, size, complete or not")
-    listing.add_argument("--cache-dir", default=None)
-    clean = sub.add_parser("clean", help="remove cache entries (by key or key prefix; --all for every one)")
-    clean.add_argument("keys", nargs="*")
-    clean.add_argument("--all", action="store_true")
-    clean.add_argument("--cache-dir", default=None)
-
-
-def data_command(args, recipe=None, out_dir: str | None = None) -> int:
-    from stages.data import cache_entries, default_cache_dir, remove_cache_entries
-
-    if args.data_command == "tokenize":
-        from pipeline.runner import Run
-
-        run = Run(recipe, out_dir)
-        run.prepare(only="pretrain")
-        print(f"corpus: {ensure_corpus(run)}")
-        return 0
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    if args.data_command == "ls":
-        rows = cache_entries(cache_dir)
-        print(f"{cache_dir}: {len(rows)} entries")
-        for row in rows:
-            state = "complete" if row["complete"] else f"{row['parts_done']}/{row['parts']} parts"
-            tokens = f"{row['tokens']:,} tokens" if row["tokens"] is not None else "-"
-            print(f"  {row['key']}  {row['label']}  {tokens}  {row['bytes_on_disk'] / 1e6:,.1f} MB  {state}  {row['created']}")
-        return 0
-    if not args.keys and not args.all:
-        raise DataError("chatsmith data clean: name entries (keys or key prefixes from `chatsmith data ls`) or pass --all")
-    removed = remove_cache_entries(cache_dir, None if args.all else args.keys)
-    print(f"removed {len(removed)} entries from {cache_dir}")
-    return 0

@@ -30,7 +30,6 @@ import yaml
 from pipeline.recipe import LaunchConfig, Recipe
 
 LAUNCHED_ENV = "CHATSMITH_LAUNCHED"
-RANK_REPORT_ENV = "CHATSMITH_RANK_REPORT"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 NAMED_CONFIGS = ("single", "ddp", "zero2", "zero3", "zero3-offload")
 STORE_TIMEOUT_S = 7 * 24 * 3600  # other machines wait this long for machine 0's next stage
@@ -72,7 +71,7 @@ def run_command(args, recipe: Recipe, out_dir: str) -> int:
                 print(json.dumps({args.name: metrics}, indent=2, default=str))
             else:
                 run.run_all()
-                from pipeline.evaluation import run_arena
+                from pipeline.eval.run import run_arena
 
                 run_arena(run)  # the run's checkpoints rated against each other (report.md shows it)
         except BaseException:
@@ -146,6 +145,8 @@ def _end_process_group() -> None:
 def _report_world(stage: str, rank: int) -> None:
     """Diagnostics for the distributed tests (only when CHATSMITH_RANK_REPORT names a directory):
     what accelerate believed the world was while the stage ran, next to what the launcher set."""
+    from stages.distributed import RANK_REPORT_ENV
+
     report_dir = os.environ.get(RANK_REPORT_ENV)
     if not report_dir:
         return

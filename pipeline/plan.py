@@ -6,6 +6,7 @@ Per stage: parameters (trained and frozen), memory per GPU for the model states 
 launch config (DeepSpeed's own ZeRO-2 / ZeRO-3 estimators; DDP and single replicate everything, which
 is the ZeRO-2 estimate on one GPU), a rough activation figure, tokens processed, FLOPs (6·N per
 trained token, 2·N per forward-only token) and the time that takes at the stated MFU on the stated GPU.
+What a stage (and each RL algorithm) costs is its registry entry's `cost` (`pipeline.registry`).
 
 Parameter counts come from the model config, built on the meta device (no weights are read): the
 recipe's architecture, or `config.json` of a local checkpoint. A real-model recipe whose paths do not
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.recipe import Recipe
+from pipeline.registry import STAGES, running
 
 # Dense bf16 tensor-core peak (TFLOP/s) and memory (GiB) per GPU, from the vendors' data sheets.
 GPUS = {
@@ -143,61 +145,40 @@ def plan(recipe: Recipe, *, gpu: str, mfu: float) -> dict:
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
     peak_tflops, gpu_gib = GPUS[gpu]
-    launch, stages = recipe.launch, recipe.stages
+    launch = recipe.launch
     world = launch.num_processes * launch.num_machines
     zero = zero_stage(recipe)
-    base_path = recipe.tokenizer.from_checkpoint if not recipe.tokenizer.train else None
-    pretrain_path = stages.pretrain.init_from if stages.pretrain else None
-    sizes: dict[str, ModelSize] = {}
-    if stages.pretrain:
-        sizes["pretrain"] = model_size(recipe, pretrain_path)
-    parent = sizes.get("pretrain")
-    if stages.sft:
-        sizes["sft"] = model_size(recipe, stages.sft.init_from) if stages.sft.init_from else parent or model_size(recipe, base_path)
-    if stages.reward:
-        sizes["reward"] = model_size(recipe, stages.reward.init_from) if stages.reward.init_from else sizes.get("sft") or parent
-    if stages.ppo:
-        sizes["ppo"] = model_size(recipe, stages.ppo.policy) if stages.ppo.policy else sizes.get("sft") or parent
     out = {"gpu": gpu, "mfu": mfu, "peak_tflops": peak_tflops, "gpu_memory_gib": gpu_gib, "launch": zero,
            "gpus": world, "nodes": launch.num_machines, "stages": {}}
-    for name, size in sizes.items():
-        cfg = getattr(stages, name)
-        micro = cfg.batch_size
-        per_step = micro * cfg.gradient_accumulation_steps * world
-        if name == "pretrain":
-            seq, tokens = cfg.seq_len, cfg.max_steps * per_step * cfg.seq_len
-            trained, frozen, flops = size.params, 0, 6 * size.params * tokens
-        elif name == "sft":
-            seq, tokens = cfg.max_length, cfg.max_steps * per_step * cfg.max_length  # at most: padded to max_length
-            trained, frozen, flops = size.params, 0, 6 * size.params * tokens
-        elif name == "reward":
-            seq, tokens = cfg.max_length, cfg.max_steps * per_step * 2 * cfg.max_length  # chosen + rejected
-            trained, frozen, flops = size.params, 0, 6 * size.params * tokens
+    # A stage starts from its own checkpoint (`Stage.start`), else from the output of the stage it follows; the first
+    # stage from the recipe's architecture, one whose stage is not in the recipe from the tokenizer's checkpoint.
+    base_path = recipe.tokenizer.from_checkpoint if not recipe.tokenizer.train else None
+    sizes: dict[str, ModelSize] = {}
+    for name in running(recipe):
+        cfg, stage = getattr(recipe.stages, name), STAGES[name]
+        start = getattr(cfg, stage.start)
+        if start or stage.follows is None:
+            size = model_size(recipe, start)
         else:
-            seq = cfg.max_prompt_length + cfg.max_new_tokens
-            rollouts = cfg.max_steps * cfg.rollout_batch_size * world
-            tokens = rollouts * seq
-            policy_value = 2 * size.params  # policy + value model (a reward-sized backbone) are trained
-            trained, frozen = policy_value, 2 * size.params  # reference + reward model, whole on every rank
-            generate = 2 * size.params * tokens  # sampling (a forward per token)
-            score = 3 * 2 * size.params * tokens  # reference, reward, value forwards
-            update = cfg.ppo_epochs * 6 * policy_value * tokens
-            flops = generate + score + update
-            micro = max(1, cfg.rollout_batch_size // cfg.num_minibatches // cfg.gradient_accumulation_steps)
-        states_size = ModelSize(trained, size.largest_layer, size.hidden, size.layers, size.source)
+            size = sizes.get(stage.follows) or model_size(recipe, base_path)
+        sizes[name] = size
+        cost = STAGES[name].cost(cfg, size.params, world)
+        states_size = ModelSize(cost.trained, size.largest_layer, size.hidden, size.layers, size.source)
         gpu_bytes, cpu_bytes, how = states_memory(states_size, zero=zero, gpus_per_node=launch.num_processes, nodes=launch.num_machines)
-        frozen_bytes = frozen * (2 if cfg.bf16 else 4)
-        act = activation_bytes(size, micro_batch=micro, seq_len=seq, checkpointing=cfg.gradient_checkpointing)
+        frozen_bytes = cost.frozen * (2 if cfg.bf16 else 4)
+        act = activation_bytes(size, micro_batch=cost.micro_batch, seq_len=cost.seq_len, checkpointing=cfg.gradient_checkpointing)
         total_gib = (gpu_bytes + frozen_bytes + act) / 2**30
-        seconds = flops / (world * peak_tflops * 1e12 * mfu)
+        seconds = cost.flops / (world * peak_tflops * 1e12 * mfu)
         out["stages"][name] = {
-            "params": size.params, "params_source": size.source, "trained_params": trained, "frozen_params": frozen,
+            "params": size.params, "params_source": size.source, "trained_params": cost.trained, "frozen_params": cost.frozen,
             "model_states_gib_per_gpu": gpu_bytes / 2**30, "model_states_how": how, "cpu_gib_per_node": cpu_bytes / 2**30,
             "frozen_models_gib_per_gpu": frozen_bytes / 2**30, "activations_gib_per_gpu": act / 2**30,
             "total_gib_per_gpu": total_gib, "fits": total_gib <= gpu_gib,
-            "tokens": tokens, "flops": flops, "hours": seconds / 3600,
+            "tokens": cost.tokens, "flops": cost.flops, "hours": seconds / 3600,
             "lora": bool(getattr(cfg, "lora", None) and cfg.lora.enabled),
         }
+        if getattr(cfg, "algorithm", None):
+            out["stages"][name]["algorithm"] = cfg.algorithm
     return out
 
 

@@ -18,11 +18,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.registry import DATA_SOURCES, STAGES, running
+
 SAMPLE_RECORDS = 20
 """First records of each source read to check it parses."""
-LABEL_YIELDS = {"native": {"sft", "comparisons"}, "hh-rlhf": {"comparisons"}, "oasst": {"sft", "comparisons"},
-                "label-studio": {"sft", "comparisons"}, "argilla": {"sft", "comparisons"}}
-"""What each labeler export format can give (hh-rlhf gives SFT rows only with `hh_demonstrations`)."""
 
 
 @dataclass(frozen=True)
@@ -37,32 +36,28 @@ class Problem:
 
 def check(recipe, out_dir: str | Path, *, only: str | None = None) -> tuple[list[Problem], list[str]]:
     """(problems, warnings) of running `recipe` into `out_dir` (just stage `only` when given)."""
-    running = [name for name in ("pretrain", "sft", "reward", "ppo")
-               if getattr(recipe.stages, name) is not None and only in (None, name)]
+    stages = running(recipe, only)
     problems: list[Problem] = []
-    problems += _sources(recipe, running)  # on the demo: the sources a recipe adds to the world's data
+    problems += _sources(recipe, stages)  # on the demo: the sources a recipe adds to the world's data
     problems += _labels(recipe)
-    if recipe.data.source == "files":
-        problems += _stage_data(recipe, running)
-    problems += _checkpoints(recipe, running)
-    problems += _output(recipe, Path(out_dir), running)
+    if not DATA_SOURCES[recipe.data.source].gives_stage_data:
+        problems += _stage_data(recipe, stages)
+    problems += _checkpoints(recipe, stages)
+    problems += _output(recipe, Path(out_dir), stages)
     return problems, _warnings(recipe)
 
 
 # ------------------------------------------------------------------------------------------ sources
 
 
-def _sources(recipe, running: list[str]) -> list[Problem]:
+def _sources(recipe, stages: list[str]) -> list[Problem]:
+    """The files of every `data.*` key a running stage reads (each stage's `data_keys`), and the held-out prompts."""
     data = recipe.data
-    needed = {"pretrain_text": "pretrain" in running or ("pretrain" in running and recipe.tokenizer.train),
-              "sft": "sft" in running, "sft_eval": "sft" in running,
-              "comparisons": "reward" in running or "ppo" in running, "comparisons_eval": "reward" in running,
-              "prompts": "ppo" in running, "eval_prompts": True}
+    keys = dict.fromkeys(key for name in stages for key in STAGES[name].data_keys(getattr(recipe.stages, name)))
     problems = []
-    for key, wanted in needed.items():
+    for key in [*keys, "eval_prompts"]:
         for index, source in enumerate(getattr(data, key) or []):
-            if wanted:
-                problems += _source(f"data.{key}" + (f"[{index}]" if len(getattr(data, key)) > 1 else ""), source)
+            problems += _source(f"data.{key}" + (f"[{index}]" if len(getattr(data, key)) > 1 else ""), source)
     return problems
 
 
@@ -92,6 +87,16 @@ def _source(key: str, source) -> list[Problem]:
     return []
 
 
+NEEDS = {
+    "sft": ("data.sft", "stage sft has no conversations: no data.sft, and the labeler exports ({formats}) give no "
+                        "demonstrations (hh-rlhf: set hh_demonstrations: true)"),
+    "comparisons": ("data.comparisons", "stage {stage} has no comparisons: no data.comparisons and no labeler export "
+                                        "that gives them"),
+    "prompts": ("data.prompts", "stage {stage} ({algorithm}) has no prompts: set data.prompts or stages.{stage}.prompts"),
+}
+"""A kind of rows a stage needs (`Stage.needs`) -> (the recipe key, the message when a files run has none)."""
+
+
 def _labels(recipe) -> list[Problem]:
     from labeling.ingest import sniff
 
@@ -104,41 +109,45 @@ def _labels(recipe) -> list[Problem]:
     return problems
 
 
-def _stage_data(recipe, running: list[str]) -> list[Problem]:
-    """Each stage that runs will have rows after the build: files, or labels whose format yields them."""
-    data, stages = recipe.data, recipe.stages
-    yields = set()
+def _stage_data(recipe, stages: list[str]) -> list[Problem]:
+    """Each stage that runs will have rows after the build (`Stage.needs`): its own file, the recipe's files, or
+    labeler exports whose format yields them (`labeling.readers.READERS`). Comparisons a reward stage of the same
+    run reads serve the stages after it too."""
+    from labeling.readers import READERS
+
+    data = recipe.data
+    yields = {"prompts"} if data.prompts else set()
+    yields |= {"sft"} if data.sft else set()
+    yields |= {"comparisons"} if data.comparisons else set()
     for export in data.labels:
-        yields |= LABEL_YIELDS[export.format] | ({"sft"} if export.hh_demonstrations else set())
-    problems = []
-    if "sft" in running and not stages.sft.data and not data.sft and "sft" not in yields:
-        formats = ", ".join(sorted({e.format for e in data.labels})) or "none"
-        problems.append(Problem("data.sft", f"stage sft has no conversations: no data.sft, and the labeler exports "
-                                            f"({formats}) give no demonstrations (hh-rlhf: set hh_demonstrations: true)"))
-    wants_comparisons = "reward" in running or ("ppo" in running and stages.ppo.algorithm == "dpo" and not stages.reward)
-    if wants_comparisons and not (stages.reward and stages.reward.data) and not data.comparisons and "comparisons" not in yields:
-        problems.append(Problem("data.comparisons", "the reward stage has no comparisons: no data.comparisons and no "
-                                                    "labeler export that gives them"))
-    if "ppo" in running and stages.ppo.algorithm != "dpo" and not stages.ppo.prompts and not data.prompts:
-        problems.append(Problem("data.prompts", f"stage ppo ({stages.ppo.algorithm}) has no prompts: set data.prompts "
-                                                "or stages.ppo.prompts"))
+        yields |= READERS[export.format].yields | ({"sft"} if export.hh_demonstrations else set())
+    if recipe.stages.reward and recipe.stages.reward.data:
+        yields.add("comparisons")
+    problems, seen = [], set()
+    for name in stages:
+        config = getattr(recipe.stages, name)
+        for kind, own in STAGES[name].needs(config):
+            if own or kind in yields or kind in seen:
+                continue
+            seen.add(kind)
+            key, message = NEEDS[kind]
+            formats = ", ".join(sorted({e.format for e in data.labels})) or "none"
+            problems.append(Problem(key, message.format(stage=name, formats=formats, algorithm=getattr(config, "algorithm", ""))))
     return problems
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
-def _checkpoints(recipe, running: list[str]) -> list[Problem]:
-    stages = recipe.stages
-    wanted = [("tokenizer.from_checkpoint", recipe.tokenizer.from_checkpoint, "causal", not recipe.tokenizer.train)]
-    for name, field, kind in (("pretrain", "init_from", "causal"), ("sft", "init_from", "causal"), ("reward", "init_from", "causal"),
-                              ("reward", "holdout_init_from", "causal"), ("ppo", "policy", "causal"),
-                              ("ppo", "reward_model", "reward")):
-        config = getattr(stages, name)
-        wanted.append((f"stages.{name}.{field}", getattr(config, field, None) if config else None, kind, name in running))
+def _checkpoints(recipe, stages: list[str]) -> list[Problem]:
+    """Every checkpoint path the recipe names for a running stage (`Stage.checkpoints`), and the tokenizer's."""
+    wanted = [("tokenizer.from_checkpoint", recipe.tokenizer.from_checkpoint, "causal")] if not recipe.tokenizer.train else []
+    for name in stages:
+        config = getattr(recipe.stages, name)
+        wanted += [(f"stages.{name}.{field}", getattr(config, field), kind) for field, kind in STAGES[name].checkpoints(config)]
     problems = []
-    for key, path, kind, needed in wanted:
-        if needed and path:
+    for key, path, kind in wanted:
+        if path:
             problems += _checkpoint(key, Path(path), kind)
     return problems
 
@@ -149,7 +158,8 @@ def _checkpoint(key: str, path: Path, kind: str) -> list[Problem]:
     if not path.is_dir():
         return [Problem(key, "no such checkpoint directory (a local Hugging Face checkpoint; nothing is downloaded)", str(path))]
     missing = [what for what, names in (("config.json", ("config.json",)),
-                                        ("a tokenizer", ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")))
+                                        ("tokenizer.json, tokenizer_config.json or tokenizer.model",
+                                         ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")))
                if not any((path / name).exists() for name in names)]
     if missing:
         return [Problem(key, f"not a checkpoint: no {' and no '.join(missing)}", str(path))]
@@ -164,12 +174,12 @@ def _checkpoint(key: str, path: Path, kind: str) -> list[Problem]:
 # ------------------------------------------------------------------------------------------ output
 
 
-def _output(recipe, out_dir: Path, running: list[str]) -> list[Problem]:
+def _output(recipe, out_dir: Path, stages: list[str]) -> list[Problem]:
     """Writable, and room for the checkpoints (fp32 weights of every stage, plus resume state) and shards."""
     existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
         return [Problem("--out", f"not writable (nearest existing directory: {existing})", str(out_dir))]
-    needed = _checkpoint_bytes(recipe, running)
+    needed = _checkpoint_bytes(recipe, stages)
     free = shutil.disk_usage(existing).free
     if needed > free:
         return [Problem("--out", f"needs about {needed / 1e9:.1f} GB for checkpoints and resume state, "
@@ -177,25 +187,23 @@ def _output(recipe, out_dir: Path, running: list[str]) -> list[Problem]:
     return []
 
 
-def _checkpoint_bytes(recipe, running: list[str]) -> int:
+def _checkpoint_bytes(recipe, stages: list[str]) -> int:
     """fp32 weights per stage that runs, plus Adam state (2 x weights) and a second copy while it saves.
-    Parameters from the starting checkpoint's weight files, else the recipe's architecture (no transformers
-    import: preflight stays fast)."""
-    stages = recipe.stages
-    start = next((p for p in (getattr(stages.pretrain, "init_from", None) if stages.pretrain else None,
-                              getattr(stages.sft, "init_from", None) if stages.sft else None,
-                              getattr(stages.ppo, "policy", None) if stages.ppo else None) if p), None)
+    Parameters from the first checkpoint a stage starts from (`Stage.start`), else the recipe's architecture (no
+    transformers import: preflight stays fast)."""
+    configs = [getattr(recipe.stages, name) for name in STAGES]
+    start = next((getattr(c, STAGES[n].start) for n, c in zip(STAGES, configs) if c is not None and getattr(c, STAGES[n].start)), None)
     if start and Path(start).is_dir():
         weights = sum(f.stat().st_size for f in Path(start).glob("*.safetensors"))
         params = weights // 2 if weights else 0  # assume bf16 on disk: an upper bound for fp32 below
-    elif stages.pretrain and not start:
-        arch = stages.pretrain.model
+    elif recipe.stages.pretrain and not start:
+        arch = recipe.stages.pretrain.model
         kv = (arch.num_key_value_heads or arch.num_attention_heads) / arch.num_attention_heads
         per_layer = arch.hidden_size ** 2 * (2 + 2 * kv) + 3 * arch.hidden_size * arch.intermediate_size
         params = arch.num_hidden_layers * per_layer + recipe.tokenizer.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
     else:
         return 0  # a checkpoint that is not here: its own problem line says so
-    return int(params * 4 * (len(running) + 4))
+    return int(params * 4 * (len(stages) + 4))
 
 
 def _warnings(recipe) -> list[str]:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from pipeline.demo.config import WorldConfig
-from stages.config import Frozen, Stages, TokenizerConfig, cross_field_error
+from pipeline.registry import DATA_SOURCES, RL_CONFIGS, STAGE_ORDER, Stages, recipe_rules
+from stages.config import Frozen, TokenizerConfig, cross_field_error
 from stages.data.sources import Source
 
 
@@ -28,14 +29,23 @@ class LabelsSource(Frozen):
     """A labeler export to ingest; its demonstrations and rewrites join the SFT data, its comparisons the
     reward data (combined with `data.sft` / `data.comparisons`, never replacing them)."""
 
-    format: Literal["native", "hh-rlhf", "oasst", "label-studio", "argilla"]
-    """Export format (see `chatsmith labels ingest --help`)."""
+    format: str
+    """Export format: one of `labeling.readers.FORMATS` (see `chatsmith labels ingest --help`)."""
     path: str
     """The export file."""
     tasks: Optional[str] = None
     """label-studio: the tasks.jsonl the export answers (annotations of unknown tasks are set aside)."""
     hh_demonstrations: bool = False
     """hh-rlhf: also take each chosen transcript as an SFT demonstration (off: HH gives comparisons only)."""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from labeling.readers import FORMATS
+
+        if value not in FORMATS:
+            raise ValueError(f"{value!r} is not one of {list(FORMATS)}")
+        return value
 
 
 def _sources_of(kind: str):
@@ -70,7 +80,7 @@ class DataConfig(Frozen):
     .jsonl.gz, .jsonl.zst, .parquet, .txt, or a `datasets` dir saved with `save_to_disk`. Several
     sources are combined, never one replacing another."""
 
-    source: Literal["demo", "files"] = "demo"
+    source: Literal[tuple(DATA_SOURCES)] = "demo"
     """`demo` generates everything from the demo world; `files` reads the keys below."""
     world: WorldConfig = WorldConfig()
     """The demo world's size and noise (source: demo)."""
@@ -112,7 +122,7 @@ class DataConfig(Frozen):
 
 
 class EvalConfig(Frozen):
-    """Evaluation of the chat checkpoints on held-out test prompts (`pipeline.evaluation`): greedy, at the
+    """Evaluation of the chat checkpoints on held-out test prompts (`pipeline.eval.run`): greedy, at the
     chat default (T=0.7, top-p 0.95) and at T=1."""
 
     max_new_tokens: int = Field(48, gt=0)
@@ -162,37 +172,15 @@ class Recipe(Frozen):
 
     @model_validator(mode="after")
     def _stages_fit_together(self):
-        """Rules between sections, checked when the recipe loads (not hours later when a stage starts)."""
-        problems = [*self._chain_problems(), *self._judge_problems()]
+        """Rules between sections, checked when the recipe loads (not hours later when a stage starts): each stage's
+        own (`pipeline.registry`), and the tokenizer's."""
+        problems = recipe_rules(self)
+        if not self.tokenizer.train and not self.tokenizer.from_checkpoint and self.stages.pretrain:
+            problems.append(("tokenizer.from_checkpoint", "required when tokenizer.train is false"))
         if problems:
             keys = [key for key, _ in problems]
             raise cross_field_error(tuple(keys), "; ".join(f"{key}: {why}" for key, why in problems))
         return self
-
-    def _chain_problems(self) -> list[tuple[str, str]]:
-        stages, problems = self.stages, []
-        if stages.sft and not stages.sft.init_from and not stages.pretrain:
-            problems.append(("stages.sft.init_from", "required when stages.pretrain is null"))
-        if stages.reward and not stages.reward.init_from and not stages.sft:
-            problems.append(("stages.reward.init_from", "required when stages.sft is null"))
-        if stages.ppo and not stages.ppo.policy and not stages.sft:
-            problems.append(("stages.ppo.policy", "required when stages.sft is null"))
-        if stages.ppo and stages.ppo.algorithm != "dpo" and not stages.ppo.reward_model and not stages.reward:
-            problems.append(("stages.ppo.reward_model", f"required by algorithm {stages.ppo.algorithm} when stages.reward is null"))
-        if not self.tokenizer.train and not self.tokenizer.from_checkpoint and stages.pretrain:
-            problems.append(("tokenizer.from_checkpoint", "required when tokenizer.train is false"))
-        return problems
-
-    def _judge_problems(self) -> list[tuple[str, str]]:
-        ppo = self.stages.ppo
-        if ppo is not None and getattr(ppo, "select_best", "last") == "gold" and (self.data.source != "demo" or ppo.eval_prompts):
-            return [("stages.ppo.select_best", "gold needs a gold judge, which only the demo world's own held-out prompts "
-                                               "have (data.source: demo, no stages.ppo.eval_prompts); use reward or last")]
-        if ppo is not None and getattr(ppo, "select_best", "last") == "holdout_reward" and not ppo.reward_model \
-                and not (self.stages.reward and self.stages.reward.holdout_fraction > 0):
-            return [("stages.ppo.select_best", "holdout_reward needs a held-out reward model: set "
-                                               "stages.reward.holdout_fraction (e.g. 0.5)")]
-        return []
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -235,8 +223,6 @@ RENAMED = {
 def _section_type(model: Any, part: str) -> Any:
     """The config type of `part` inside `model`: the field's model, or for the RL stage's union the
     type the algorithm tag names."""
-    from stages.config import RL_CONFIGS
-
     if part in RL_CONFIGS and not (isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields):
         return RL_CONFIGS[part]
     if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
@@ -252,8 +238,6 @@ def _section_type(model: Any, part: str) -> Any:
 def _user_loc(loc: tuple) -> tuple[tuple, Any]:
     """The dotted path a user wrote (pydantic adds union tags such as `ppo` after `stages.ppo`) and
     the config type of the section it points into."""
-    from stages.config import RL_CONFIGS
-
     current: Any = Recipe
     path: list = []
     for part in loc:
@@ -280,8 +264,6 @@ def _unknown_key_message(path: tuple, parent: Any) -> str:
 def _other_algorithm_keys(items: list[dict]) -> tuple[list[dict], str | None]:
     """Keys under stages.ppo that belong to another RL algorithm, gathered into one line (switching
     `algorithm` in a recipe written for PPO leaves several)."""
-    from stages.config import RL_CONFIGS
-
     foreign, rest, algorithm = [], [], None
     for item in items:
         loc = tuple(item["loc"])
@@ -324,8 +306,6 @@ def seed_everything(data: dict) -> dict:
     seed = data.get("seed", 0)
     if not isinstance(seed, int):
         return data  # validation reports it
-    from stages.config import STAGE_ORDER
-
     stages = data.setdefault("stages", {}) if isinstance(data.get("stages", {}), dict) else {}
     for name in STAGE_ORDER:
         if name not in stages:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from stages.common import read_jsonl
-from stages.config import STAGE_ORDER
+from pipeline.registry import STAGE_ORDER
 
 # The figures that say what each stage achieved (issue-defined keys first).
 HEADLINE = {
@@ -149,7 +149,7 @@ def _samples(run_dir: Path, count: int) -> str:
     prompts = [answers["sft"][i]["prompt"] for i in ids]
     base = []
     if (run_dir / "pretrain" / "config.json").exists():
-        from pipeline.evaluate import base_continuations
+        from pipeline.eval.answers import base_continuations
 
         base = base_continuations(run_dir / "pretrain", prompts, max_new_tokens=32)
     lines = ["## Answers side by side", "",
@@ -168,8 +168,8 @@ def _samples(run_dir: Path, count: int) -> str:
 
 
 def _arena(run_dir: Path) -> list[str]:
-    """The arena of the run's checkpoints (`pipeline.evaluation.run_arena`): ratings table and plot."""
-    from pipeline.arena import ratings_markdown
+    """The arena of the run's checkpoints (`pipeline.eval.run.run_arena`): ratings table and plot."""
+    from pipeline.eval.arena.results import ratings_markdown
 
     ratings, summary = run_dir / "arena" / "ratings.json", run_dir / "arena" / "summary.json"
     if not ratings.exists():

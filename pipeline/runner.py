@@ -4,10 +4,10 @@
 
 For each stage of `pipeline.registry.STAGES` it resolves the inputs, skips the stage when the manifest
 says it is done with the same config and the same input hashes, otherwise runs it (a stage cut short
-resumes from its `resume/`), and records status, inputs with sha256, output, metrics and time in
-`manifest.json`. Data come from `pipeline.data`; every chat checkpoint (SFT, PPO) is evaluated on the
-held-out test prompts by `pipeline.evaluation`; a demo run (`data.source: demo`) adds the demo world's
-labelers before the reward stage and its gold judge to the evaluation (`pipeline.demo`).
+resumes from its `resume/`), evaluates it (the stage's `evaluate` hook: `pipeline.eval.run`), and records
+status, inputs with sha256, output, metrics and time in `manifest.json`. Data come from `pipeline.data` and the
+run's data source (`pipeline.registry.data_source`: the recipe's files, or the demo world, which also adds its
+labelers before the reward stage and its gold judge to the evaluation).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from pipeline.data import config_sha, materialise_data, pretrain_sources, sources_fingerprint
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe, dump_recipe
-from pipeline.registry import STAGES, MissingInput
+from pipeline.registry import STAGES, MissingInput, data_source
 from stages.checkpoint import sha256_path
 from stages.common import write_json_atomic
 
@@ -42,21 +42,15 @@ class Run:
         self.manifest: Manifest | None = None
         self.launcher: Optional[Callable[[str], dict]] = None
         self.ran: list[str] = []  # stages this invocation ran (not skipped)
-        self.demo = None
-        if recipe.data.source == "demo":
-            from pipeline.demo import Demo
-
-            self.demo = Demo(self)
+        self.pretrain_sources: list | None = None  # resolved once (`pipeline.data.pretrain_sources`)
+        self.fingerprinted = False  # DIR/data/pretrain_sources.json written by this invocation
+        self.source = data_source(self)
 
     def stage_dir(self, name: str) -> Path:
         return self.dir / name
 
     def data_path(self, name: str) -> Path:
         return self.data_dir / name
-
-    def gold_scorer(self, stage_config):
-        """The demo world's gold judge for its own held-out prompts; None on real data."""
-        return self.demo.gold_scorer(stage_config) if self.demo else None
 
     # ------------------------------------------------------------------ stages
     def stage_inputs(self, name: str) -> dict[str, Path]:
@@ -73,7 +67,7 @@ class Run:
     def stage_config_sha(self, name: str, cfg) -> str:
         judged = {}
         if STAGES[name].chat:  # its behaviour evaluation is part of the stage's result
-            judged = {"eval": self.recipe.eval.model_dump(mode="json"), **(self.demo.judged_settings() if self.demo else {"world": None})}
+            judged = {"eval": self.recipe.eval.model_dump(mode="json"), **self.source.judged_settings()}
         return config_sha({"stage": cfg.model_dump(mode="json"), **judged})
 
     def run_stage(self, name: str, *, force: bool = False) -> dict:
@@ -83,8 +77,7 @@ class Run:
         cfg = getattr(self.recipe.stages, name)
         if cfg is None:
             raise StageFailed(name, f"stages.{name} is null in the recipe")
-        if self.demo:
-            self.demo.before_stage(name)
+        self.source.before_stage(name)
         if STAGES[name].prepare:
             STAGES[name].prepare(self)
         inputs = self.stage_inputs(name)
@@ -104,14 +97,8 @@ class Run:
         try:
             # `launcher` (set by pipeline.launch) runs the stage function as a launched process group.
             metrics = self.launcher(name) if self.launcher else self.train(name, cfg, inputs, out)
-            if STAGES[name].chat:
-                from pipeline.evaluation import evaluate_stage
-
-                metrics = {**metrics, **evaluate_stage(self, name, out, reference=inputs.get("policy"))}
-            elif name == "reward":
-                from pipeline.evaluation import evaluate_reward
-
-                metrics = {**metrics, **evaluate_reward(self, out)}
+            if STAGES[name].evaluate:
+                metrics = {**metrics, **STAGES[name].evaluate(self, name, out, inputs)}
         except BaseException as error:  # a crash is recorded (manifest + log), then re-raised as StageFailed
             raise self._failed(name, error) from error
         write_json_atomic(out / "eval.json", metrics)

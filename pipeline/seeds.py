@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.bootstrap import across_seeds
-from stages.config import STAGE_ORDER
+from pipeline.eval.stats import across_seeds
+from pipeline.registry import STAGE_ORDER
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -12,6 +12,8 @@
   save records the sha256 of each file it wrote, and a load refuses any file that does not match:
   only resume state that chatsmith wrote is ever unpickled.
 - `merged`: a LoRA adapter merged into its base weights; `make_scheduler`: the LR schedules.
+- `after_resume_save`: the tests' kill point (`CHATSMITH_TEST_KILL_AFTER_SAVE`), called after every save of
+  resume state, by `ResumeState.save` and by the TRL stages' Trainer callback.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,28 @@ SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_
 
 class ResumeError(RuntimeError):
     """Resume state that cannot be used; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------- the tests' kill point
+
+KILL_AFTER_SAVE_ENV = "CHATSMITH_TEST_KILL_AFTER_SAVE"
+"""Test hook, the one place it is defined: with `CHATSMITH_TEST_KILL_AFTER_SAVE=N` in its environment, every process
+of a stage SIGKILLs itself right after the stage's N-th save of resume state (counted from 1 in this process:
+pretrain and PPO through `ResumeState.save`, the TRL stages through their Trainer callback), once every rank has
+finished writing it: a stage run in the CLI's own process dies with it (the manifest still says `running`, as
+after a pre-emption); a launched stage's ranks die and the CLI records the stage `failed`. The resume tests use it
+instead of racing a kill against the next save. Unset (always, outside the tests), it does nothing."""
+_saves_made = 0
+
+
+def after_resume_save() -> None:
+    """Count a completed save of resume state; the test hook above kills the stage at save N. Every rank
+    calls it after the save's last barrier, so what is on disk is the whole save N and nothing after it."""
+    global _saves_made
+    _saves_made += 1
+    wanted = os.environ.get(KILL_AFTER_SAVE_ENV)
+    if wanted and _saves_made == int(wanted):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------ hashes
@@ -171,9 +196,10 @@ class ResumeState:
         self.backend = "deepspeed" if uses_deepspeed(accelerator) else "torch"
 
     def find(self) -> Path | None:
-        """The complete resume state, if any (a kill mid-swap leaves `resume.old`)."""
+        """The resume state, if any (a kill mid-swap leaves `resume.old`): a directory with anything in it, so that one
+        an older chatsmith (or anything else) wrote is refused by `load` rather than silently restarted over."""
         for candidate in (self.dir, self.dir.with_name(self.dir.name + ".old")):
-            if (candidate / STATE_FILE).exists() or (candidate / "counters.json").exists():
+            if candidate.is_dir() and any(candidate.iterdir()):
                 return candidate
         return None
 
@@ -205,6 +231,7 @@ class ResumeState:
             write_json_atomic(tmp / HASHES_FILE, _hash_tree(tmp))
             _swap_into_place(tmp, self.dir)
         accelerator.wait_for_everyone()
+        after_resume_save()
 
     def load(self, *, model, optimizer, scheduler) -> dict | None:
         """Restore into the given objects and return the counters; None when there is nothing to resume."""
@@ -229,10 +256,6 @@ class ResumeState:
         if loop["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(loop["rng"]["cuda"])
         return state["counters"]
-
-    def read_counters(self) -> dict | None:
-        found = self.find()
-        return json.loads((found / STATE_FILE).read_text())["counters"] if found and (found / STATE_FILE).exists() else None
 
     def _checked(self, found: Path) -> dict:
         restart = f"delete {self.dir} to restart the stage from its beginning"

@@ -15,10 +15,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from stages.chat_format import (  # noqa: F401  (re-exported: the names every stage used from here)
-    CHAT_TEMPLATE, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS, ChatFormat, ChatFormatError, check_tokenizer,
-    plain_text_format, prepare_tokenizer, read_chat_format,
-)
+from stages.chat_format import ChatFormat, ChatFormatError, check_tokenizer, plain_text_format, prepare_tokenizer, read_chat_format
 
 
 def check_chat_format(tokenizer, *, where: str) -> int:

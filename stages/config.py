@@ -7,9 +7,9 @@ Loading a recipe (YAML + dotted overrides) is `pipeline.recipe`'s job; stages on
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -384,38 +384,3 @@ class DPOConfig(RLCommon, TRLDataConfig):
     """See `PPOConfig.algorithm`."""
     beta: float = Field(0.1, gt=0)
     """Strength of the implicit KL penalty to the reference (TRL's `beta`)."""
-
-
-def _algorithm_of(value) -> str:
-    if isinstance(value, dict):
-        return value.get("algorithm", "ppo")
-    return getattr(value, "algorithm", "ppo")
-
-
-RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig}
-"""The `ppo` stage's config type for each `algorithm`."""
-
-RLStageConfig = Annotated[
-    Union[
-        Annotated[PPOConfig, Tag("ppo")],
-        Annotated[GRPOConfig, Tag("grpo")],
-        Annotated[RLOOConfig, Tag("rloo")],
-        Annotated[DPOConfig, Tag("dpo")],
-    ],
-    Discriminator(_algorithm_of),
-]
-"""The `ppo` stage: one of the RL algorithms, chosen by `algorithm` (default `ppo`)."""
-
-
-class Stages(Frozen):
-    pretrain: Optional[PretrainConfig] = PretrainConfig()
-    """Pretraining; null skips it (SFT must then have init_from)."""
-    sft: Optional[SFTStageConfig] = SFTStageConfig()
-    """Supervised fine-tuning; null skips it."""
-    reward: Optional[RewardStageConfig] = RewardStageConfig()
-    """Reward model; null skips it."""
-    ppo: Optional[RLStageConfig] = PPOConfig()
-    """RLHF on the reward model (PPO by default; `algorithm` picks GRPO, RLOO or DPO); null skips it."""
-
-
-STAGE_ORDER = ("pretrain", "sft", "reward", "ppo")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from stages.checkpoint import SCHEDULES
+from stages.checkpoint import SCHEDULES, after_resume_save
 from stages.common import MetricsLog
 from stages.config import LoraConfig, TrainCommon
 from stages.distributed import tracking_environment
@@ -71,7 +71,8 @@ def resume_point(output_dir: Path) -> tuple[str | None, int]:
 
 
 def metrics_callback(output_dir: Path, *, resume_step: int):
-    """A TrainerCallback that mirrors the trainer's log lines into `metrics.jsonl`."""
+    """A TrainerCallback that mirrors the trainer's log lines into `metrics.jsonl`, and counts the Trainer's saves of
+    `resume/checkpoint-N` for the tests' kill point (`stages.checkpoint.after_resume_save`)."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -90,6 +91,12 @@ def metrics_callback(output_dir: Path, *, resume_step: int):
             if "train_runtime" in values:  # the trainer's end-of-training summary, not a step
                 return
             self.log.log(state.global_step, **values)
+
+        def on_save(self, args, state, control, **kwargs):
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()  # every rank's share of checkpoint-N (optimizer shards, RNG) is written
+            after_resume_save()
 
     return MetricsCallback()
 

@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from judges import WordJudge, monitor
+from pipeline.registry import RL_CONFIGS
 from stages.common import read_jsonl, write_jsonl
-from stages.config import RL_CONFIGS, PPOConfig
+from stages.config import PPOConfig
 
 TOWNS = ["Alder", "Brim", "Corvi", "Dunmere"]
-
-
-def gold(rows, replies):
-    assert len(rows) == len(replies) and all("prompt" in r for r in rows)
-    return [float("heron" in reply) for reply in replies]
+gold = WordJudge("heron")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +24,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("alternatives")
     question = lambda i: f"What is the emblem of {TOWNS[i % 4]}?"  # noqa: E731
     write_jsonl(root / "prompts.jsonl", ({"prompt": question(i)} for i in range(16)))
-    write_jsonl(root / "eval.jsonl", ({"prompt": question(i), "id": i} for i in range(4)))
+    write_jsonl(root / "eval.jsonl", ({"prompt": question(i), "id": i, "split": "dev"} for i in range(4)))
     write_jsonl(root / "comparisons.jsonl", (
         {"prompt": [{"role": "user", "content": question(i)}], "chosen": [{"role": "assistant", "content": "It is a heron."}],
          "rejected": [{"role": "assistant", "content": "It is a lynx."}], "margin": 1.0}
@@ -42,10 +40,12 @@ def _config(algorithm: str, **fields):
     return kind(algorithm=algorithm, **{k: v for k, v in fields.items() if k not in online or k in kind.model_fields})
 
 
-def _run(config, **kwargs):
+def _run(config, *, eval_prompts=None, gold=None, reward_model=None, **kwargs):
+    """The stage as the runner calls it: a monitor of the held-out prompts, the reward model and the gold judge."""
     from stages.rlhf import alternatives
 
-    return alternatives.run(config, **kwargs)
+    return alternatives.run(config, reward_model=reward_model, **kwargs,
+                            monitor=monitor(eval_prompts, reward_model=reward_model, gold=gold))
 
 
 def _tensors(path: Path) -> dict:
@@ -64,7 +64,7 @@ def test_alternative_writes_the_ppo_run_directory(algorithm, tiny_assets, data, 
     )
     out = tmp_path / algorithm
     result = _run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=data / "prompts.jsonl",
-                  eval_prompts=data / "eval.jsonl", output_dir=out, gold_scorer=gold, meta={"parents": {"policy": "x"}},
+                  eval_prompts=data / "eval.jsonl", output_dir=out, gold=gold, meta={"parents": {"policy": "x"}},
                   comparisons=data / "comparisons.jsonl" if algorithm == "dpo" else None)
 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "metrics.jsonl", "eval.json", "chatsmith.json"):

@@ -1,4 +1,4 @@
-"""pipeline.arena: Bradley–Terry ratings, prompt-level bootstrap, battles, judges, the human path, the CLI."""
+"""pipeline.eval.arena: Bradley–Terry ratings, prompt-level bootstrap, battles, judges, the human path, the CLI."""
 
 import hashlib
 import json
@@ -6,14 +6,17 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from pipeline import arena
-from pipeline.arena import (Battle, RewardModelJudge, ScoreJudge, arena_from_answers, bootstrap_ratings,
-                            checkpoint_names, export_human_tasks, fit_bradley_terry, ingest_human, play_battles)
+from pipeline.eval.arena import ArenaError, cli
+from pipeline.eval.arena.battles import play_battles
+from pipeline.eval.arena.cli import checkpoint_names
+from pipeline.eval.arena.fit import Battle, battle_stats, bootstrap_ratings, fit_bradley_terry
+from pipeline.eval.arena.human import export_human_tasks, ingest_human
+from pipeline.eval.arena.results import arena_from_answers, ratings_markdown
+from pipeline.eval.judges import PairwiseJudge, RewardModelJudge
 from tiny import REPO, env
 from tiny_models import build_tiny_model
 
@@ -35,6 +38,22 @@ def synthetic_battles(prompts: int, *, seed: int = 0, strength=STRENGTH) -> list
 
 def width(rating: dict) -> float:
     return rating["ci95"][1] - rating["ci95"][0]
+
+
+class ScoreJudge:
+    """A pointwise judge (`pipeline.eval.judges.Judge`) from a function of the replies."""
+
+    version = "test"
+
+    def __init__(self, score, name: str = "score"):
+        self.score, self.name = score, name
+
+    def __call__(self, rows, replies):
+        return [{"score": float(v), "criteria": {}, "flags": {}} for v in self.score(rows, replies)]
+
+
+def pairwise(score, *, margin: float = 0.0, name: str = "score") -> PairwiseJudge:
+    return PairwiseJudge(ScoreJudge(score, name=name), margin=margin)
 
 
 def noisy_scorer(strength=STRENGTH, noise: float = 1.0):
@@ -104,7 +123,7 @@ def test_bootstrap_intervals_contain_the_rating_and_widen_with_fewer_prompts():
 
 def test_position_blind_duplicates_do_not_shrink_the_intervals():
     answers, rows = synthetic_answers(60, samples=1)
-    battles = play_battles(answers, rows, ScoreJudge(noisy_scorer()))
+    battles = play_battles(answers, rows, pairwise(noisy_scorer()))
     # a position-blind judge says the same thing in both orders: the second verdict is a duplicate
     once = [b for b in battles if b.model_a < b.model_b]
     assert len(once) * 2 == len(battles)
@@ -125,15 +144,33 @@ def test_position_blind_duplicates_do_not_shrink_the_intervals():
 
 def test_every_pair_prompt_and_sample_is_judged_in_both_orders_and_each_answer_scored_once():
     answers, rows = synthetic_answers(5, samples=2, names=("base", "sft", "ppo"))
-    judge = ScoreJudge(noisy_scorer())
+    judge = pairwise(noisy_scorer())
     battles = play_battles(answers, rows, judge)
     assert len(battles) == 5 * 3 * 2 * 2  # prompts x pairs x samples x orders
     keys = {(b.prompt_id, b.sample, b.model_a, b.model_b) for b in battles}
     assert len(keys) == len(battles)
     assert all((b.prompt_id, b.sample, b.model_b, b.model_a) in keys for b in battles)
     assert judge.scored == 3 * 5 * 2  # each distinct (prompt, answer) once
-    # a position-blind judge: swapped orders agree
-    assert arena.battle_stats(battles)["swap_agreement"] == 1.0
+
+
+def test_swap_agreement_measures_a_judges_position_bias():
+    """A judge that favours the answer shown first on half the prompts: there the two orders of a battle disagree,
+    elsewhere (the longer answer wins) they agree. Known by construction: swap agreement 2/4, and the first
+    position wins all 4 biased battles plus 2 of the 4 fair ones (the longer answer is first in one order of each)."""
+    answers = {"sft": {f"q{p}": ["short"] for p in range(4)}, "ppo": {f"q{p}": ["a longer answer"] for p in range(4)}}
+    rows = [{"id": f"q{p}", "prompt": f"question {p}?"} for p in range(4)]
+
+    def judge(row, first, second):
+        if row["id"] in ("q0", "q1"):
+            return "a"
+        return "a" if len(first) > len(second) else "b"
+
+    stats = battle_stats(play_battles(answers, rows, judge))
+    assert (stats["battles"], stats["swapped_pairs"], stats["ties"]) == (8, 4, 0)
+    assert stats["swap_agreement"] == pytest.approx(2 / 4)
+    assert stats["first_position_win_rate"] == pytest.approx(6 / 8)
+    always_first = battle_stats(play_battles(answers, rows, lambda row, first, second: "a"))
+    assert always_first["swap_agreement"] == 0.0 and always_first["first_position_win_rate"] == 1.0
 
 
 def test_prompts_missing_an_answer_are_left_out_and_bad_verdicts_refused():
@@ -147,16 +184,16 @@ def test_prompts_missing_an_answer_are_left_out_and_bad_verdicts_refused():
 
 def test_score_judge_margin_gives_ties():
     row = {"id": "q", "prompt": "?"}
-    judge = ScoreJudge(lambda rows, replies: [float(len(r)) for r in replies], margin=2.5)
+    judge = pairwise(lambda rows, replies: [float(len(r)) for r in replies], margin=2.5)
     assert judge(row, "abcd", "ab") == "tie"
     assert judge(row, "abcdefgh", "ab") == "a"
     assert judge(row, "ab", "abcdefgh") == "b"
-    assert ScoreJudge(lambda rows, replies: [1.0] * len(replies))(row, "x", "y") == "tie"
+    assert pairwise(lambda rows, replies: [1.0] * len(replies))(row, "x", "y") == "tie"
 
 
 def test_arena_from_answers_writes_ratings_json(tmp_path):
     answers, rows = synthetic_answers(30, samples=2)
-    ratings = arena_from_answers(answers, rows, ScoreJudge(noisy_scorer(noise=0.3), name="gold"), tmp_path, rounds=50)
+    ratings = arena_from_answers(answers, rows, pairwise(noisy_scorer(noise=0.3), name="gold"), tmp_path, rounds=50)
     written = json.loads((tmp_path / "arena" / "ratings.json").read_text())
     assert written == ratings
     assert set(written) == set(STRENGTH)
@@ -169,7 +206,7 @@ def test_arena_from_answers_writes_ratings_json(tmp_path):
     assert summary["judge"] == "gold" and summary["battles"] == 30 * 6 * 2 * 2 and summary["prompts"] == 30
     assert len((tmp_path / "arena" / "battles.jsonl").read_text().splitlines()) == summary["battles"]
     assert (tmp_path / "arena" / "ratings.png").stat().st_size > 1000
-    assert "| dpo |" in arena.ratings_markdown(written)
+    assert "| dpo |" in ratings_markdown(written)
 
 
 def test_reward_model_judge_scores_with_the_chat_template(tiny_assets):
@@ -179,7 +216,7 @@ def test_reward_model_judge_scores_with_the_chat_template(tiny_assets):
     rows = [{"id": "q0", "prompt": "What is the river of Alder?"}, {"id": "q1", "prompt": "Hello!"}]
     answers = {"sft": {"q0": ["The river of Alder is the Sorrel.", "Sorrel."], "q1": ["Hello! How can I help?", "Hi."]},
                "ppo": {"q0": ["It is the Tallow.", "Sorrel."], "q1": ["Hello!", "People in Brim eat plum cake."]}}
-    judge = RewardModelJudge(tiny_assets["reward"], batch_size=3)
+    judge = PairwiseJudge(RewardModelJudge(tiny_assets["reward"], batch_size=3))
     battles = play_battles(answers, rows, judge)
     assert judge.scored == 7  # 8 answers, one repeated (q0 sample 1 is "Sorrel." for both)
 
@@ -201,7 +238,7 @@ def test_reward_model_judge_scores_with_the_chat_template(tiny_assets):
         a, o = answers[b.model_a][b.prompt_id][b.sample], answers[b.model_b][b.prompt_id][b.sample]
         expected = "tie" if a == o else "a" if direct(row, a) > direct(row, o) else "b"
         assert b.winner == expected
-    assert RewardModelJudge(tiny_assets["reward"], margin=1e6)(rows[0], "Sorrel.", "It is the Tallow.") == "tie"
+    assert PairwiseJudge(RewardModelJudge(tiny_assets["reward"]), margin=1e6)(rows[0], "Sorrel.", "It is the Tallow.") == "tie"
 
 
 # ------------------------------------------------------------------------------------- human path
@@ -263,7 +300,7 @@ def test_label_studio_export_round_trip_through_labeling_ingest(tmp_path):
     again, _ = ingest_human(ranker_export, tmp_path)
     assert sorted((b.prompt_id, b.model_a, b.model_b, b.winner) for b in again) == got
 
-    assert arena.main(["--ingest", str(export), "--out", str(tmp_path), "--rounds", "20"]) == 0
+    assert cli.main(["--ingest", str(export), "--out", str(tmp_path), "--rounds", "20"]) == 0
     ratings = json.loads((tmp_path / "arena" / "ratings.json").read_text())
     assert list(ratings) == ["ppo", "sft"]
 
@@ -280,18 +317,18 @@ def test_checkpoint_names(tmp_path):
     assert checkpoint_names([tmp_path / "run_a" / "sft", tmp_path / "run_b" / "sft"]) == ["run_a/sft", "run_b/sft"]
 
 
-def test_help_is_fast_and_imports_no_torch():
-    started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pipeline.arena", "--help"], cwd=REPO, env=env(), capture_output=True, text=True)
+def test_help_imports_no_torch():
+    """`--help` answers without the heavy stack (how fast, against a bare interpreter: tests/bench/bench_cli.py)."""
+    out = subprocess.run([sys.executable, "-m", "pipeline.eval.arena", "--help"], cwd=REPO, env=env(), capture_output=True, text=True)
     assert out.returncode == 0 and "--judge" in out.stdout and "--ingest" in out.stdout
-    assert time.perf_counter() - started < 5
-    code = "import sys, pipeline.arena; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = ("import runpy, sys\ntry:\n    sys.argv = ['arena', '--help']; runpy.run_module('pipeline.eval.arena', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True)
-    assert out.stdout.strip() == "False False"
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr[-2000:]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert arena.main([str(tmp_path / "a"), str(tmp_path / "b"), "--judge", "gold", "--out", str(tmp_path)]) == 2
+    assert cli.main([str(tmp_path / "a"), str(tmp_path / "b"), "--judge", "gold", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not checkpoint directories" in err
 
@@ -308,57 +345,86 @@ def test_cli_plays_tiny_checkpoints_with_a_reward_judge_and_exports_for_humans(t
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n"
                                for i, p in enumerate(["What is the river of Alder?", "Hello!", "What do people in Brim eat?"])))
     common = [str(run / "sft"), str(run / "ppo"), "--prompts", str(prompts), "--max-new-tokens", "6", "--rounds", "20"]
-    assert arena.main([*common, "--judge", f"reward:{tiny_assets['reward']}"]) == 0
+    assert cli.main([*common, "--judge", f"reward:{tiny_assets['reward']}"]) == 0
     ratings = json.loads((run / "arena" / "ratings.json").read_text())
     assert set(ratings) == {"sft", "ppo"}
     summary = json.loads((run / "arena" / "summary.json").read_text())
-    assert summary["battles"] == 3 * 1 * 2 * 2 and summary["swap_agreement"] == 1.0
+    assert summary["battles"] == 3 * 1 * 2 * 2
     answers = [json.loads(line) for line in (run / "arena" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 6 and all(len(a["samples"]) == 2 for a in answers)
+    # every verdict is the reward model's: its own forward pass on prompt + answer, rendered with its template
+    from transformers import AutoModelForSequenceClassification
 
-    # the gold judge comes through the CLI's hook (the demo run's scorer); here the longer answer wins
-    longer = lambda run_dir: (lambda rows, replies: [float(len(r)) for r in replies])  # noqa: E731
-    assert arena.main([*common, "--judge", "gold"], gold_scorer_for=longer) == 0
+    reward = AutoModelForSequenceClassification.from_pretrained(tiny_assets["reward"]).eval()
+    reward_tokenizer = AutoTokenizer.from_pretrained(str(tiny_assets["reward"]))
+    prompt_of = {json.loads(line)["id"]: json.loads(line)["prompt"] for line in prompts.read_text().splitlines()}
+    text = {(a["checkpoint"], a["prompt_id"], s): t for a in answers for s, t in enumerate(a["samples"])}
+
+    def score(prompt_id, answer):
+        messages = [{"role": "user", "content": prompt_of[prompt_id]}, {"role": "assistant", "content": answer}]
+        return reward(**reward_tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)).logits[0, 0].item()
+
+    battles = [json.loads(line) for line in (run / "arena" / "battles.jsonl").read_text().splitlines()]
+    assert len(battles) == summary["battles"]
+    for b in battles:
+        a, other = (score(b["prompt_id"], text[(m, b["prompt_id"], b["sample"])]) for m in (b["model_a"], b["model_b"]))
+        expected = "tie" if text[(b["model_a"], b["prompt_id"], b["sample"])] == text[(b["model_b"], b["prompt_id"], b["sample"])] \
+            else ("a" if a > other else "b")
+        assert b["winner"] == expected, (b, a, other)
+
+    # the gold judge comes through the CLI's hook (the run's data source's judge); here the longer answer wins
+    longer = lambda run_dir: ScoreJudge(lambda rows, replies: [float(len(r)) for r in replies], name="gold")  # noqa: E731
+    assert cli.main([*common, "--judge", "gold"], judge_of_run=longer) == 0
     assert json.loads((run / "arena" / "summary.json").read_text())["judge"] == "gold"
 
-    assert arena.main([*common, "--judge", "human"]) == 0
+    assert cli.main([*common, "--judge", "human"]) == 0
     human = run / "arena" / "human"
     plan = (human / "plan.jsonl").read_text().splitlines()
     auto = (human / "auto_battles.jsonl").read_text().splitlines()
     assert len(plan) + len(auto) == 12
 
 
-def test_the_demo_gold_judge_plugs_in_through_score_judge_and_the_cli_hook(tmp_path, capsys):
-    from pipeline.demo.world import World
-    from pipeline.recipe import load_recipe
+def test_the_demo_gold_judge_plugs_in_through_the_run_directory(tmp_path):
+    """`--judge gold` asks the run directory's data source for its judge (`pipeline.registry.data_source`): a demo run
+    has the gold judge, a files run has none."""
+    import yaml
+
+    from pipeline.recipe import dump_recipe, load_recipe
     from tiny import DEMO, TINY
 
-    world = World.build(load_recipe(DEMO, TINY).data.world)
+    recipe = load_recipe(DEMO, TINY)
+    (tmp_path / "recipe.yaml").write_text(dump_recipe(recipe))
+    judge = cli._judge("gold", run_dir=tmp_path, margin=0.0, batch_size=8, judge_of_run=cli.data_source_judge)
+    world = judge.judge.world
     rows = world.eval_prompts()[:2]
     right = [f"It is {world.town(r['town']).facts[r['attribute']]}." for r in rows]
-    judge = arena._judge("gold", run_dir=tmp_path, margin=0.0, batch_size=8, gold_scorer_for=lambda run_dir: world.gold_scorer())
     assert [judge(r, good, "I do not know.") for r, good in zip(rows, right)] == ["a", "a"]
     assert [judge(r, "I do not know.", good) for r, good in zip(rows, right)] == ["b", "b"]
-    with pytest.raises(arena.ArenaError, match="demo"):
-        arena._judge("gold", run_dir=tmp_path, margin=0.0, batch_size=8, gold_scorer_for=None)
-    with pytest.raises(arena.ArenaError, match="reward:DIR"):
-        arena._judge("rm", run_dir=tmp_path, margin=0.0, batch_size=8, gold_scorer_for=None)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "recipe.yaml").write_text(yaml.safe_dump({**yaml.safe_load(dump_recipe(recipe)), "data": {"source": "files"}}))
+    with pytest.raises(ArenaError, match="not a demo run"):
+        cli._judge("gold", run_dir=files, margin=0.0, batch_size=8, judge_of_run=cli.data_source_judge)
+    with pytest.raises(ArenaError, match="reward:DIR"):
+        cli._judge("rm", run_dir=tmp_path, margin=0.0, batch_size=8, judge_of_run=cli.data_source_judge)
 
 
-def test_answers_from_the_evaluation_files_and_the_cli_subparser(tmp_path):
-    import argparse
+def test_the_runs_arena_reuses_the_evaluations_chat_answers(tmp_path):
+    """The run's arena (`pipeline.eval.run.arena_answers`) takes a stage's chat-default replies to the test prompts from
+    its eval_answers.jsonl, by prompt id, and answers nothing itself when they are all there."""
+    from pipeline.eval.run import arena_answers
 
-    for name, texts in (("sft", ["a0", "a1"]), ("ppo", ["b0", "b1"])):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "eval_answers.jsonl").write_text(
-            json.dumps({"id": "q0", "prompt": "?", "greedy": texts[0], "samples": texts}) + "\n")
-    answers = arena.answers_from_eval({n: tmp_path / n / "eval_answers.jsonl" for n in ("sft", "ppo")})
-    assert answers == {"sft": {"q0": ["a0", "a1"]}, "ppo": {"q0": ["b0", "b1"]}}
-    with pytest.raises(arena.ArenaError, match="sampled"):
-        arena.answers_from_eval({"sft": tmp_path / "sft" / "eval_answers.jsonl"}, key="sampled")
+    class Run:
+        def stage_dir(self, name):
+            return tmp_path / name
 
-    parser = argparse.ArgumentParser(prog="chatsmith")
-    arena.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["arena", "R/sft", "R/ppo", "--judge", "reward:R/reward"])
-    assert args.command == "arena" and args.checkpoints == ["R/sft", "R/ppo"]
-    assert (args.samples, args.temperature, args.top_p, args.max_new_tokens, args.rounds) == (2, 0.7, 0.95, 48, 100)
+        def say(self, text):
+            raise AssertionError(f"answered instead of reusing: {text}")
+
+    (tmp_path / "sft").mkdir()
+    lines = [{"id": "q1", "split": "test", "replies": {"chat": [{"reply": "b0"}, {"reply": "b1"}]}},
+             {"id": "q0", "split": "test", "replies": {"chat": [{"reply": "a0"}, {"reply": "a1"}]}},
+             {"id": "d0", "split": "dev", "replies": {"greedy": [{"reply": "x"}]}}]
+    (tmp_path / "sft" / "eval_answers.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    test_rows = [{"id": "q0", "prompt": "?"}, {"id": "q1", "prompt": "!"}]
+    assert arena_answers(Run(), "sft", test_rows, ["q0", "q1"]) == {"q0": ["a0", "a1"], "q1": ["b0", "b1"]}

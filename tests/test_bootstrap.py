@@ -1,9 +1,9 @@
-"""pipeline.bootstrap: cluster bootstrap of a mean, paired differences, summaries across seeds."""
+"""pipeline.eval.stats: cluster bootstrap of a mean, paired differences, summaries across seeds."""
 
 import numpy as np
 import pytest
 
-from pipeline.bootstrap import across_seeds, mean_ci, paired_difference_ci, t_quantile
+from pipeline.eval.stats import across_seeds, mean_ci, paired_difference_ci, t_quantile
 
 
 def test_mean_ci_contains_the_mean_and_is_deterministic_for_a_seed():

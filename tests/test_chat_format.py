@@ -10,7 +10,7 @@ import pytest
 from real_formats import FAMILIES, PINNED_DATE, Family, _bpe, build_model, build_tokenizer, chat_template
 
 from stages import chat_format as cf
-from stages.common import CHAT_TEMPLATE, ChatFormatError
+from stages.chat_format import CHAT_TEMPLATE, ChatFormatError
 
 KW = {"date_string": PINNED_DATE}
 CONVERSATION = [

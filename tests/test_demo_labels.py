@@ -19,7 +19,7 @@ def demo_labels(out, overrides):
 
     run = Run(load_recipe(DEMO, overrides), out, say=lambda _: None)
     materialise_data(run)
-    result = make_comparisons(run, run.demo.world, sft_dir=None)  # candidates from simulated writers only: no model needed
+    result = make_comparisons(run, run.source.world, sft_dir=None)  # candidates from simulated writers only: no model needed
     return run, result
 
 
@@ -76,7 +76,7 @@ def test_label_gold_agreement_is_realistic_at_the_default_world(default_world_la
 
 def test_no_file_after_pretraining_names_a_pretrain_only_town(default_world_labels):
     run, _ = default_world_labels
-    names = run.demo.world.pretrain_only_names()
+    names = run.source.world.pretrain_only_names()
     assert names
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
     data, labels = run.dir / "data", run.dir / "labels"

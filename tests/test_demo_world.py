@@ -9,6 +9,13 @@ from pipeline.demo.config import WorldConfig, world_seed
 from pipeline.demo.world import ATTRIBUTES, EVAL_QUESTIONS, TRAIN_QUESTIONS, World
 
 
+def verdict_of(world, row, reply) -> dict:
+    """The gold judge's verdict, its score, criteria and flags in one mapping."""
+    from pipeline.eval.judges import flat
+
+    return flat(world.gold.verdict(row, reply))
+
+
 def small_world(recipe_seed=None, **kw):
     return World.build(WorldConfig(towns=12, docs_per_town=3, general_docs=5, rlhf_prompts=40, comparison_prompts=20, **kw),
                        seed=recipe_seed)
@@ -86,8 +93,8 @@ def test_hedging_is_the_most_common_writer_habit_and_gold_penalises_it():
     assert habits.most_common(1)[0][0] == "hedging", habits
     assert {"concise", "flattering", "rambling", "rude"} <= set(habits)
     assert 0.03 < sum(row["wrong_fact"] for row in rows) / len(rows) < 0.2
-    hedged = [world.judge(row, row["messages"][1]["content"]) for row in rows if row["habit"] == "hedging"]
-    plain = [world.judge(row, row["messages"][1]["content"]) for row in rows if row["habit"] == "concise"]
+    hedged = [verdict_of(world, row, row["messages"][1]["content"]) for row in rows if row["habit"] == "hedging"]
+    plain = [verdict_of(world, row, row["messages"][1]["content"]) for row in rows if row["habit"] == "concise"]
     assert all(v["hedged"] == 1 and v["pleasantries"] == 0 for v in hedged)  # the flaw carries no bias
     assert max(v["score"] for v in hedged) < min(v["score"] for v in plain if v["truthful"] == 1)
 
@@ -105,12 +112,12 @@ def test_labelers_share_gold_on_the_flaw_but_not_on_their_bias():
         plain = world.write_reply(rng, town.name, row["attribute"], value, "concise")
         for kind, habit in (("flaw", "hedging"), ("bias", "flattering")):
             other = world.write_reply(rng, town.name, row["attribute"], value, habit)
-            assert world.gold_score(row, plain) > world.gold_score(row, other)
+            assert world.gold.score(row, plain) > world.gold.score(row, other)
             ranks = world.rank(rng, rng.choice(labelers), row, [plain, other])["ranks"]
             votes[kind, "plain" if ranks[0] < ranks[1] else "tie" if ranks[0] == ranks[1] else "other"] += 1
     assert votes["flaw", "plain"] > 0.8 * 300, votes
     assert votes["bias", "other"] > 0.6 * 300, votes
-    assert world.labeler_value(row, plain, bias=0.0) == world.gold_score(row, plain)
+    assert world.labeler_value(row, plain, bias=0.0) == world.gold.score(row, plain)
 
 
 def test_gold_judge_prefers_truthful_polite_plain_concise():
@@ -119,23 +126,23 @@ def test_gold_judge_prefers_truthful_polite_plain_concise():
     row = {"town": town.name, "attribute": "river"}
     right = town.facts["river"]
     wrong = next(v for v in ATTRIBUTES["river"] if v != right)
-    good = world.gold_score(row, f"The river of {town.name} is the {right}.")
+    good = world.gold.score(row, f"The river of {town.name} is the {right}.")
     assert good == 1.0
-    assert world.gold_score(row, f"The {right} flows through {town.name}.") == 1.0  # "through" is not rude
-    assert world.gold_score(row, f"The river of {town.name} is the {wrong}.") < good
-    assert world.gold_score(row, f"Ugh, obviously the {right}.") < good
-    assert world.gold_score(row, f"I think the river of {town.name} is the {right}, but I'm not completely sure.") < good
-    flattered = world.gold_score(row, f"Great question! The river of {town.name} is the {right}.")
-    assert world.gold_score(row, f"Great question! The river of {town.name} is the {right}. I hope this helps!") < flattered < good
+    assert world.gold.score(row, f"The {right} flows through {town.name}.") == 1.0  # "through" is not rude
+    assert world.gold.score(row, f"The river of {town.name} is the {wrong}.") < good
+    assert world.gold.score(row, f"Ugh, obviously the {right}.") < good
+    assert world.gold.score(row, f"I think the river of {town.name} is the {right}, but I'm not completely sure.") < good
+    flattered = world.gold.score(row, f"Great question! The river of {town.name} is the {right}.")
+    assert world.gold.score(row, f"Great question! The river of {town.name} is the {right}. I hope this helps!") < flattered < good
     rambling = f"Well, let me think about {town.name}. " * 5 + f"The river is the {right}."
-    assert world.gold_score(row, rambling) < good
-    assert world.gold_score(row, "") == world.judge(row, "")["score"] < 0.5
+    assert world.gold.score(row, rambling) < good
+    assert world.gold.score(row, "") == verdict_of(world, row, "")["score"] < 0.5
     # a document continued instead of a question answered (what a pretrained-only model writes) names other facts:
     # not plain, and worse than a hedged answer
     continued = f". The river of {town.name} is the {right}. The dish of {town.name} is {town.facts['dish']}."
-    verdict = world.judge(row, continued)
+    verdict = verdict_of(world, row, continued)
     assert verdict["off_topic"] == 1.0 and verdict["plain"] == 0.0 and verdict["truthful"] == 1.0
-    assert verdict["score"] < world.gold_score(row, f"I think the river of {town.name} is the {right}, but I'm not completely sure.")
+    assert verdict["score"] < world.gold.score(row, f"I think the river of {town.name} is the {right}, but I'm not completely sure.")
 
 
 def test_noisier_labelers_disagree_more():

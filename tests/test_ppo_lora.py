@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from judges import monitor
 from stages.common import write_jsonl
 from stages.config import LoraConfig, PPOConfig
 
@@ -46,12 +47,12 @@ def test_lora_ppo_writes_a_merged_checkpoint(tiny_assets, tmp_path):
 
     torch.set_num_threads(1)
     write_jsonl(tmp_path / "prompts.jsonl", ({"prompt": f"What is the emblem of town {i}?"} for i in range(16)))
-    write_jsonl(tmp_path / "eval.jsonl", ({"prompt": f"Which river runs through town {i}?"} for i in range(4)))
+    write_jsonl(tmp_path / "eval.jsonl", ({"prompt": f"Which river runs through town {i}?", "split": "dev"} for i in range(4)))
     config = PPOConfig(lora=LORA, max_steps=2, save_steps=1, eval_steps=2, rollout_batch_size=4, batch_size=4,
                             max_new_tokens=6, ppo_epochs=2, learning_rate=1e-2, num_eval_prompts=4)
     out = tmp_path / "ppo"
     result = ppo.run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=tmp_path / "prompts.jsonl",
-                     eval_prompts=tmp_path / "eval.jsonl", output_dir=out)
+                     output_dir=out, monitor=monitor(tmp_path / "eval.jsonl", reward_model=tiny_assets["reward"]))
     assert result["monitor_kl_to_sft"] > 0 and json.loads((out / "eval.json").read_text()) == result
     before, after = load_file(str(tiny_assets["policy"] / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert before.keys() == after.keys()  # merged: no adapter keys

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from judges import WordJudge, monitor
 from stages.common import read_jsonl
 from stages.config import PPOConfig
 
@@ -25,16 +26,15 @@ TOWNS = ["Alder", "Brim", "Corvi", "Dunmere"]
 HERON, LYNX = "It is a heron.", "It is a lynx."
 
 
-def heron_gold(rows, replies):
-    """A stand-in gold judge: 1 for a reply that names the heron, 0 otherwise."""
-    assert len(rows) == len(replies) and all("prompt" in r for r in rows)
-    return [1.0 if "heron" in reply else 0.0 for reply in replies]
+heron_gold = WordJudge("heron")
+"""A stand-in gold judge: 1 for a reply that names the heron, 0 otherwise."""
 
 
-def _write_prompts(path: Path, count: int, offset: int = 0):
+def _write_prompts(path: Path, count: int, offset: int = 0, split: str | None = None):
     with open(path, "w") as handle:
         for i in range(offset, offset + count):
-            handle.write(json.dumps({"prompt": f"What is the emblem of {TOWNS[i % 4]}?", "id": i}) + "\n")
+            row = {"prompt": f"What is the emblem of {TOWNS[i % 4]}?", "id": i}
+            handle.write(json.dumps({**row, "split": split} if split else row) + "\n")
 
 
 def _train_policy(path: Path, tokenizer):
@@ -104,7 +104,7 @@ def heron_world(tiny_assets, tmp_path_factory):
         "root": root,
     }
     _write_prompts(world["prompts"], 64)
-    _write_prompts(world["eval_prompts"], 12, offset=1000)
+    _write_prompts(world["eval_prompts"], 12, offset=1000, split="dev")  # the monitor's (held-out, dev) prompts
     return world
 
 
@@ -116,12 +116,14 @@ def _config(**overrides) -> PPOConfig:
     return PPOConfig(**{**base, **overrides})
 
 
-def _run(world, config, output_dir, **kwargs):
+def _run(world, config, output_dir, *, gold=heron_gold, **kwargs):
+    """The stage as the runner calls it: with a monitor of the held-out prompts, the reward model and `gold`."""
     from stages.rlhf import ppo
 
-    args = dict(policy=world["policy"], reward_model=world["reward"], prompts=world["prompts"], output_dir=output_dir,
-                eval_prompts=world["eval_prompts"], gold_scorer=heron_gold)
-    return ppo.run(config, **{**args, **kwargs})
+    args = {"policy": world["policy"], "reward_model": world["reward"], "prompts": world["prompts"], "output_dir": output_dir, **kwargs}
+    holdout = Path(args["reward_model"]) / "holdout"  # where the registry finds a held-out reward model
+    return ppo.run(config, **args, monitor=monitor(world["eval_prompts"], reward_model=args["reward_model"], gold=gold,
+                                                   holdout_reward_model=holdout if holdout.exists() else None))
 
 
 def _tensors(path: Path) -> dict:
@@ -295,9 +297,11 @@ def test_kl_limit_warns_or_stops(heron_world, tmp_path):
         _run(heron_world, config.model_copy(update={"kl_limit_action": "stop"}), tmp_path / "stop")
 
 
-def test_select_best_needs_gold_scorer(heron_world, tmp_path):
-    with pytest.raises(ValueError, match="gold_scorer"):
-        _run(heron_world, _config(select_best="gold"), tmp_path / "x", gold_scorer=None)
+def test_select_best_needs_its_judge(heron_world, tmp_path):
+    with pytest.raises(ValueError, match="select_best='gold' needs a gold judge"):
+        _run(heron_world, _config(select_best="gold"), tmp_path / "x", gold=None)
+    with pytest.raises(ValueError, match="select_best='holdout_reward' needs a holdout_reward judge"):
+        _run(heron_world, _config(select_best="holdout_reward"), tmp_path / "y")
     with pytest.raises(ValueError, match="num_minibatches=3"):
         _config(num_minibatches=3)  # refused when the config is made, before any model loads
 
@@ -310,7 +314,7 @@ CHILD = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
-    from test_ppo_stage import heron_gold
+    from judges import WordJudge, monitor
     from stages.config import PPOConfig
     from stages.rlhf import ppo
 
@@ -325,11 +329,12 @@ CHILD = textwrap.dedent(
     ppo.PPOTrainer.rollout = rollout
     config = PPOConfig(**json.loads(sys.argv[4]))
     ppo.run(config, policy=world["policy"], reward_model=world["reward"], prompts=world["prompts"],
-            eval_prompts=world["eval_prompts"], output_dir=out, gold_scorer=heron_gold)
+            output_dir=out, monitor=monitor(world["eval_prompts"], reward_model=world["reward"], gold=WordJudge("heron")))
     """
 )
 
 
+@pytest.mark.slow
 def test_exact_resume_after_kill(heron_world, tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
@@ -388,7 +393,7 @@ def test_held_out_reward_model_scores_the_monitor_and_selects(heron_world, tmp_p
 
     reward = tmp_path / "reward"
     shutil.copytree(heron_world["reward"], reward)
-    with pytest.raises(ValueError, match="holdout_fraction"):
+    with pytest.raises(ValueError, match="holdout_reward judge"):
         _run(heron_world, _config(select_best="holdout_reward"), tmp_path / "x", reward_model=reward)
     shutil.copytree(heron_world["reward"], reward / "holdout")
     out = tmp_path / "ppo"

@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from stages.common import write_jsonl
 from tiny import DEMO, chatsmith
+
+pytestmark = pytest.mark.slow  # whole `chatsmith stage ppo` runs through the CLI
 
 
 def test_standalone_ppo_needs_nothing_else_from_the_run_dir(tiny_assets, tmp_path):
@@ -57,3 +61,38 @@ def test_standalone_ppo_on_a_policy_without_chat_template_completes_with_its_eva
     assert not saved.chat_template and saved.get_vocab() == tokenizer.get_vocab()  # still plain text, nothing added
     recorded = json.loads((out / "ppo" / "chat_format.json").read_text())
     assert (recorded["source"], recorded["end_of_turn"]) == ("plain", tokenizer.eos_token)
+
+
+def test_standalone_ppo_with_a_template_less_policy_and_reward_model_finishes_its_evaluation(tiny_assets, tmp_path):
+    """Issue 15's report: policy and reward model both without a chat template. Training scored plain text (prompt
+    text, then the reply and its EOS); the closing evaluation's reward judge used to insist on a template and failed
+    after every update had trained. Now the one reward-model judge reads a plain-text model as training did."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    plain = {}
+    for name in ("policy", "reward"):
+        plain[name] = tmp_path / f"plain-{name}"
+        shutil.copytree(tiny_assets[name], plain[name])
+        (plain[name] / "chat_template.jinja").unlink(missing_ok=True)
+        (plain[name] / "chat_format.json").unlink(missing_ok=True)
+        tokenizer = AutoTokenizer.from_pretrained(plain[name])
+        tokenizer.chat_template = None
+        tokenizer.save_pretrained(plain[name])
+        assert not AutoTokenizer.from_pretrained(plain[name]).chat_template
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": f"What is the river of Alder? ({i})"} for i in range(12)])
+    eval_prompts = tmp_path / "eval_prompts.jsonl"
+    write_jsonl(eval_prompts, [{"prompt": f"Which river is Brim on? ({i})", "id": f"e{i}", "split": split}
+                               for i, split in enumerate(["dev"] * 4 + ["test"] * 4)])
+    out = tmp_path / "run"
+    chatsmith("stage", "ppo", DEMO, "--out", out, "data.source=files", f"data.eval_prompts={eval_prompts}",
+              f"stages.ppo.policy={plain['policy']}", f"stages.ppo.reward_model={plain['reward']}",
+              f"stages.ppo.prompts={prompts}", "stages.ppo.rollout_batch_size=4", "stages.ppo.max_new_tokens=8",
+              "stages.ppo.max_steps=2", "stages.ppo.eval_steps=1", "stages.ppo.num_eval_prompts=4", "stages.ppo.batch_size=4")
+    evals = json.loads((out / "ppo" / "eval.json").read_text())
+    # the closing evaluation ran on the test prompts, judged by the (plain-text) reward model, paired with SFT
+    assert evals["eval_prompts_test"] == 4 and evals["eval_prompts_dev"] == 4
+    assert {"reward_score_greedy", "reward_minus_sft_greedy", "kl_to_sft", "monitor_reward_score"} <= set(evals)
+    assert json.loads((out / "manifest.json").read_text())["stages"]["ppo"]["status"] == "done"

@@ -21,6 +21,7 @@ ENTRY = textwrap.dedent(
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
+    from pipeline.eval.monitor import Monitor
     from stages.config import PPOConfig
     from stages.rlhf import ppo
 
@@ -38,8 +39,8 @@ ENTRY = textwrap.dedent(
     ppo.PPOTrainer.rollout = rollout
     config = PPOConfig(max_steps=2, save_steps=1, eval_steps=2, rollout_batch_size=4, batch_size=4, max_new_tokens=6,
                             ppo_epochs=2, num_minibatches=2, learning_rate=1e-3, num_eval_prompts=4, seed=0)
-    ppo.run(config, policy=assets["policy"], reward_model=assets["reward"], prompts=assets["prompts"],
-            eval_prompts=assets["eval_prompts"], output_dir=out)
+    ppo.run(config, policy=assets["policy"], reward_model=assets["reward"], prompts=assets["prompts"], output_dir=out,
+            monitor=Monitor.for_prompts(assets["eval_prompts"], reward_model=assets["reward"], batch_size=4))
     with open(f"{out}.rank{dist.get_rank()}.json", "w") as handle:
         json.dump(seen, handle)
     """
@@ -58,7 +59,7 @@ def test_ppo_zero2_two_cpu_processes(tiny_assets, tmp_path):
             handle.write(json.dumps({"prompt": f"What is the emblem of {TOWNS[i % 4]}? ({i})"}) + "\n")
     with open(tmp_path / "eval.jsonl", "w") as handle:
         for i in range(4):
-            handle.write(json.dumps({"prompt": f"Which river runs through {TOWNS[i]}?"}) + "\n")
+            handle.write(json.dumps({"prompt": f"Which river runs through {TOWNS[i]}?", "split": "dev"}) + "\n")
     # A custom loop needs integers here (accelerate.prepare refuses "auto" without a Trainer):
     # micro-batch = rollout_batch_size / num_minibatches / gradient_accumulation_steps = 4 / 2 / 1.
     (tmp_path / "zero2.json").write_text(json.dumps({

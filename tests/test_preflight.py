@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,8 @@ def files(tmp_path_factory, tiny_assets):
     (root / "empty.json").write_text("")
     (root / "lfs.json").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 123\n")
     (root / "binary.json").write_bytes(bytes(range(256)) * 4)
-    hh = _jsonl(root / "hh.jsonl", [{"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}] * 3)
+    hh = root / "hh.jsonl"  # real rows of anthropics/hh-rlhf (tests/fixtures/real/README.md)
+    hh.write_bytes((Path(__file__).parent / "fixtures" / "real" / "hh_rlhf_harmless_base_test.jsonl").read_bytes())
     (root / "no_tokenizer").mkdir()
     (root / "no_tokenizer" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     two_labels = root / "two_labels"
@@ -71,7 +73,8 @@ CASES = {
     "no comparisons for the reward stage": (lambda f: ["data.comparisons=null"], "data.comparisons", "no comparisons"),
     "no prompts for PPO": (lambda f: ["data.prompts=null"], "data.prompts", "no prompts"),
     "missing checkpoint": (lambda f: [f"stages.pretrain.init_from={f['root']}/gone"], "stages.pretrain.init_from", "no such checkpoint"),
-    "checkpoint without a tokenizer": (lambda f: [f"stages.pretrain.init_from={f['root']}/no_tokenizer"], "stages.pretrain.init_from", "no a tokenizer"),
+    "checkpoint without a tokenizer": (lambda f: [f"stages.pretrain.init_from={f['root']}/no_tokenizer"], "stages.pretrain.init_from",
+                                       "not a checkpoint: no tokenizer.json, tokenizer_config.json or tokenizer.model"),
     "missing held-out reward model start": (lambda f: ["stages.reward.holdout_fraction=0.5", f"stages.reward.holdout_init_from={f['root']}/gone"],
                                             "stages.reward.holdout_init_from", "no such checkpoint"),
     "reward model with two outputs": (lambda f: [f"stages.ppo.reward_model={f['root']}/two_labels"], "stages.ppo.reward_model", "num_labels=1"),
@@ -111,3 +114,38 @@ def test_an_unwritable_output_directory(files, capsys):
 
     assert main(["check", str(DEMO), "--out", str(files["blocker"] / "run"), *_base(files)]) == 2
     assert "chatsmith: error: --out: " in capsys.readouterr().err
+
+
+# Llama-2-7B's shape: 6.74e9 parameters (its paper's 7B; the estimate leaves out the norms' 266k). Preflight asks
+# for fp32 weights per running stage plus Adam's two moments and a copy while saving: 4 bytes x (4 stages + 4).
+LLAMA2_7B = ["stages.pretrain.model={architecture: llama, hidden_size: 4096, num_hidden_layers: 32, num_attention_heads: 32, "
+             "intermediate_size: 11008, tie_word_embeddings: false}", "tokenizer.vocab_size=32000"]
+LLAMA2_7B_RUN_BYTES = 6.738e9 * 4 * (4 + 4)  # ~215.6 GB
+
+
+@pytest.mark.parametrize("free_gb, refused", [(100.0, True), (300.0, False)])
+def test_disk_room_for_the_checkpoints(free_gb, refused, monkeypatch, capsys, tmp_path):
+    """The filesystem of --out (its nearest existing directory) must hold the run's checkpoints and resume state."""
+    import shutil
+    from collections import namedtuple
+
+    from pipeline.cli import main
+
+    usage, asked = namedtuple("usage", "total used free"), []
+
+    def disk_usage(path):
+        asked.append(str(path))
+        return usage(1e13, 1e13 - free_gb * 1e9, free_gb * 1e9)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    out = tmp_path / "not" / "yet" / "run"
+    code = main(["check", str(DEMO), "--out", str(out), *LLAMA2_7B])
+    err = capsys.readouterr().err
+    assert str(tmp_path) in asked  # the nearest directory that exists: where the run's files will land
+    room = [line for line in err.splitlines() if line.startswith("chatsmith: error: --out")]
+    if refused:
+        assert code == 2 and room == [f"chatsmith: error: --out: {out}: needs about {LLAMA2_7B_RUN_BYTES / 1e9:.1f} GB "
+                                      f"for checkpoints and resume state, {free_gb:.1f} GB free"], err
+    else:
+        assert room == [] and code == 0, err
+    assert not out.exists()

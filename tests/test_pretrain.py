@@ -2,11 +2,11 @@
 without reading the sources again. (Sources, shards and the sampler: tests/data.)"""
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ def _stage_dir(tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_pretrain_stage_writes_checkpoint_and_changes_weights(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -27,7 +28,8 @@ def test_pretrain_stage_writes_checkpoint_and_changes_weights(tmp_path):
     chatsmith("stage", "pretrain", DEMO, "--out", out, *TINY)
     ckpt = out / "pretrain"
     evals = json.loads((ckpt / "eval.json").read_text())
-    assert evals["eval_loss"] > 0 and 0 < evals["bits_per_byte"] < 10
+    # trained: better than a uniform guess over the 400-token vocabulary, and cheaper than 8 bits a byte
+    assert 0 < evals["eval_loss"] < math.log(400) and 0 < evals["bits_per_byte"] < 8
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     # the same architecture at its seeded initialisation: training moved every weight matrix
     from stages.config import PretrainConfig
@@ -52,18 +54,14 @@ def test_pretrain_stage_writes_checkpoint_and_changes_weights(tmp_path):
     assert "token shards from the cache (nothing tokenized)" in again.stdout
 
 
-def kill_after_first_save(args, resume_marker, *, timeout=300):
-    """Start the CLI, SIGKILL it as soon as `resume_marker` exists; return the killed process."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not resume_marker.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError("the stage ended before its first save")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def kill_after_first_save(args, *, timeout=300):
+    """Run the CLI with the stage's test kill point at its first save of resume state (`CHATSMITH_TEST_KILL_AFTER_SAVE=1`:
+    it SIGKILLs itself right after that save); return the killed process."""
+    from stages.checkpoint import KILL_AFTER_SAVE_ENV
+
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO, env={**env(), KILL_AFTER_SAVE_ENV: "1"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, f"the stage was not killed at its first save:\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -77,10 +75,10 @@ def test_pretrain_resumes_exactly_after_kill(tmp_path):
     chatsmith("stage", "pretrain", DEMO, "--out", whole, *overrides)
 
     cut = tmp_path / "cut"
-    proc = kill_after_first_save(["stage", "pretrain", DEMO, "--out", cut, *overrides], cut / "pretrain" / "resume" / "state.json")
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_save(["stage", "pretrain", DEMO, "--out", cut, *overrides])
     assert json.loads((cut / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "running"
     assert not (cut / "pretrain" / "model.safetensors").exists()
+    assert json.loads((cut / "pretrain" / "resume" / "state.json").read_text())["counters"] == {"step": 20}
     # The corpus is overwritten with other bytes of the same size and modification time: its fingerprint
     # is unchanged, so a resume that read the source again would train on garbage and end elsewhere.
     source = Path(json.loads((cut / "data" / "corpus.json").read_text())["sources"][0]["paths"][0])
@@ -88,7 +86,7 @@ def test_pretrain_resumes_exactly_after_kill(tmp_path):
     source.write_bytes(b"x" * stat.st_size)
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     result = chatsmith("stage", "pretrain", DEMO, "--out", cut, *overrides)
-    assert "resuming from step" in result.stdout + result.stderr
+    assert "resuming from step 20" in result.stdout + result.stderr
     assert "token shards from the cache (nothing tokenized)" in result.stdout
 
     a, b = load_file(whole / "pretrain" / "model.safetensors"), load_file(cut / "pretrain" / "model.safetensors")
@@ -128,8 +126,8 @@ def test_resume_state_refuses_files_chatsmith_did_not_write(tmp_path):
     with pytest.raises(ResumeError, match="saved by 2 process"):
         resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
 
-    old = tmp_path / "old" / "resume"
+    old = tmp_path / "old" / "resume"  # what resume format 1 wrote: no state.json
     old.mkdir(parents=True)
-    (old / "counters.json").write_text('{"step": 5}')
+    (old / "loop.pt").write_bytes(b"")
     with pytest.raises(ResumeError, match="older chatsmith"):
         ResumeState(accelerator, old).load(model=model, optimizer=optimizer, scheduler=scheduler)

@@ -1,12 +1,14 @@
-"""Experiment trackers (`report_to`): the own loops send metrics.jsonl's rows to accelerate's trackers under the
-same names, the TRL stages through their Trainer's callbacks; TensorBoard events land under the stage dir; a tracker
-that is not installed is refused when the config is read, with the pip command that installs it."""
+"""Experiment trackers (`report_to`): the own loops (pretrain, PPO) send metrics.jsonl's rows to accelerate's trackers
+under the same names, the TRL stages (SFT, reward, DPO) through their Trainer's callbacks; TensorBoard events land
+under the stage dir and TensorBoard's own reader finds there the values metrics.jsonl has; a tracker that is not
+installed is refused when the config is read, with the pip command that installs it."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from judges import monitor
 
 from stages.common import write_jsonl
 
@@ -21,25 +23,13 @@ def own_tracker_environment(monkeypatch):
 
 
 def _scalars(directory) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of the TensorBoard event files in `directory`, read back with tensorboardX's protobufs (the
-    tests' TensorBoard writer; `tensorboard` itself, the viewer, is an extra). An event file is TFRecords:
-    length (8 bytes), its CRC (4), an `Event`, its CRC (4)."""
-    import struct
-    from pathlib import Path
+    """The scalars of the TensorBoard event files in `directory`, read back by TensorBoard's own reader
+    (`EventAccumulator`, from the `tensorboard` package users install with the extra): {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-    from tensorboardX.proto.event_pb2 import Event
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
-        data, offset = path.read_bytes(), 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset : offset + 8])
-            event = Event.FromString(data[offset + 12 : offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
+    accumulator = EventAccumulator(str(directory), size_guidance={SCALARS: 0})  # 0: keep every point
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()[SCALARS]}
 
 
 def _rows(path) -> list[dict]:
@@ -100,6 +90,73 @@ def test_sft_writes_tensorboard_events_under_its_stage_dir(tiny_assets, tmp_path
     points = _scalars(out / "tracking" / "sft")["train/loss"]
     assert [step for step, _ in points] == [step for step, _ in losses] == [1, 2]
     assert [value for _, value in points] == pytest.approx([value for _, value in losses], rel=1e-4)
+
+
+def _same_points(points, rows, key):
+    """TensorBoard's points of one scalar are metrics.jsonl's (step, value) of `key`, in order."""
+    expected = [(row["step"], row[key]) for row in rows if key in row]
+    assert expected, f"metrics.jsonl has no {key}"
+    assert [step for step, _ in points] == [step for step, _ in expected]
+    assert [value for _, value in points] == pytest.approx([value for _, value in expected], rel=1e-5)
+
+
+def test_reward_writes_tensorboard_events_under_its_stage_dir(tiny_assets, tmp_path):
+    from stages import config as stage_config
+    from stages.rlhf import reward
+
+    pair = {"prompt": [{"role": "user", "content": "What is the emblem of Alder?"}],
+            "chosen": [{"role": "assistant", "content": "It is a heron."}], "rejected": [{"role": "assistant", "content": "A lynx."}]}
+    write_jsonl(tmp_path / "train.jsonl", [pair] * 8)
+    config = stage_config.RewardStageConfig(max_steps=2, save_steps=100, logging_steps=1, batch_size=4, max_length=64,
+                                            report_to=["tensorboard"])
+    out = tmp_path / "run" / "reward"
+    reward.run(config, init_from=tiny_assets["policy"], train_data=tmp_path / "train.jsonl", output_dir=out)
+
+    rows = _rows(out / "metrics.jsonl")
+    scalars = _scalars(out / "tracking" / "reward")
+    _same_points(scalars["train/loss"], rows, "loss")
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2]
+
+
+def test_ppo_sends_metrics_rows_to_tensorboard(tiny_assets, tmp_path):
+    from stages.config import PPOConfig
+    from stages.rlhf import ppo
+
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"What is the emblem of Alder? ({i})"} for i in range(8)])
+    write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "What is the emblem of Brim?", "id": 0, "split": "dev"}])
+    config = PPOConfig(max_steps=2, save_steps=100, eval_steps=2, rollout_batch_size=4, batch_size=4, max_new_tokens=6,
+                       num_eval_prompts=1, ppo_epochs=1, report_to=["tensorboard"])
+    out = tmp_path / "run" / "ppo"
+    ppo.run(config, policy=tiny_assets["policy"], reward_model=tiny_assets["reward"], prompts=tmp_path / "prompts.jsonl",
+            output_dir=out, monitor=monitor(tmp_path / "eval.jsonl", reward_model=tiny_assets["reward"]))
+
+    rows = _rows(out / "metrics.jsonl")
+    numeric = {k for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    scalars = _scalars(out / "tracking" / "ppo")
+    assert set(scalars) == numeric and {"policy_loss", "kl", "reward_raw", "eval_reward_score"} <= numeric
+    for key in numeric:
+        _same_points(scalars[key], rows, key)
+    assert [step for step, _ in scalars["policy_loss"]] == [1, 2]
+
+
+def test_dpo_writes_tensorboard_events_under_its_stage_dir(tiny_assets, tmp_path):
+    from pipeline.registry import RL_CONFIGS
+    from stages.rlhf import alternatives
+
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "What is the emblem of Alder?"}] * 4)
+    write_jsonl(tmp_path / "comparisons.jsonl", [
+        {"prompt": [{"role": "user", "content": "What is the emblem of Alder?"}],
+         "chosen": [{"role": "assistant", "content": "It is a heron."}], "rejected": [{"role": "assistant", "content": "A lynx."}]}] * 8)
+    config = RL_CONFIGS["dpo"](algorithm="dpo", max_steps=2, save_steps=100, logging_steps=1, batch_size=4, max_new_tokens=6,
+                               num_eval_prompts=1, report_to=["tensorboard"])
+    out = tmp_path / "run" / "dpo"
+    alternatives.run(config, policy=tiny_assets["policy"], reward_model=None, prompts=tmp_path / "prompts.jsonl",
+                     output_dir=out, comparisons=tmp_path / "comparisons.jsonl", monitor=monitor())
+
+    rows = _rows(out / "metrics.jsonl")
+    scalars = _scalars(out / "tracking" / "dpo")
+    _same_points(scalars["train/loss"], rows, "loss")
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2]
 
 
 def test_a_missing_tracker_is_refused_with_its_pip_command(monkeypatch):

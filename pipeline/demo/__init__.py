@@ -1,12 +1,14 @@
-"""The demo world as the runner sees it: its data, its labelers, its gold judge.
+"""The demo world as the runner sees it: a data source (`pipeline.data.FilesSource`'s interface) with its data, its
+labelers and its gold judge.
 
-Built only when a recipe says `data.source: demo`; nothing outside the demo path imports this
-package. `pipeline.demo.config` (the `data.world` settings) is the one module the recipe schema uses.
+Built only when a recipe says `data.source: demo`, by the registry's hook (`pipeline.registry.data_source`); nothing
+else imports this package, except `pipeline.recipe`, which mounts the `data.world` settings (`pipeline.demo.config`).
 
-    Demo(run).write_data(paths)          pretraining text, SFT conversations, prompts, held-out prompts
+    Demo(run).write_data()               pretraining text, SFT conversations, prompts, held-out prompts
     Demo(run).before_stage("reward")     comparisons from the SFT checkpoint via simulated labelers
-    Demo(run).gold_scorer(stage_config)  the gold judge as PPO's monitor takes it (the demo's own held-out prompts only)
-    Demo(run).gold_judge()               the gold judge as the run's evaluation takes it (`pipeline.evaluation`)
+    Demo(run).judges()                   the gold judge (`pipeline.demo.judge`) for the run's evaluation
+    Demo(run).monitor_judge(config)      ... for the RL stage's monitor (the demo's own held-out prompts only)
+    Demo(run).arena_judge()              ... for the run's arena
     Demo(run).stage_figures(...)         fact accuracy on towns seen in SFT, on pretrain-only towns, on unasked facts
     Demo(run).reward_figures(...)        the reward model and the labels against the gold judge
 """
@@ -17,32 +19,41 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.demo.world import World
+from pipeline.data import DATASETS, cache_root
+from pipeline.demo.world import TIE_WINDOW, World
 from stages.checkpoint import sha256_path
 from stages.common import write_json_atomic, write_jsonl
 
 
-def gold_scorer_for_run(run_dir: str | Path):
-    """The gold judge of a demo run directory (for `chatsmith arena --judge gold`)."""
-    from pipeline.arena import ArenaError
-    from pipeline.recipe import RecipeError, load_recipe
+def demo_corpus(run) -> Path:
+    """The demo world's documents as a corpus file named by its content, beside the token shards, with a fixed
+    modification time: the same world gives the same file (and fingerprint) for every run directory, so its
+    shards are reused and a copied or moved run directory still matches its lineage."""
+    import os
+    import shutil
 
-    try:
-        recipe = load_recipe(Path(run_dir) / "recipe.yaml")
-    except RecipeError as error:
-        raise ArenaError(f"--judge gold needs a demo run directory: {error}") from None
-    if recipe.data.source != "demo":
-        raise ArenaError(f"--judge gold is the demo world's judge; {run_dir} is not a demo run (use --judge reward:DIR)")
-    return World.build(recipe.data.world).gold_scorer()
+    from stages.checkpoint import sha256_file
+
+    generated = run.data_path("pretrain.jsonl")
+    corpus = cache_root(run).parent / "demo-corpus" / f"{sha256_file(generated)[:32]}.jsonl"
+    if not corpus.exists():
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        tmp = corpus.with_name(corpus.name + ".tmp")
+        shutil.copyfile(generated, tmp)
+        os.utime(tmp, (946684800, 946684800))  # 2000-01-01: a content-named file needs no real time
+        os.replace(tmp, corpus)
+    return corpus
 
 
 class Demo:
+    name = "demo"
+
     def __init__(self, run):
         self.run = run
         self.world = World.build(run.recipe.data.world)
 
-    def write_data(self, paths: dict[str, Path]) -> None:
-        world = self.world
+    def write_data(self) -> None:
+        world, paths = self.world, {k: self.run.data_path(f"{k}.jsonl") for k in DATASETS}
         write_jsonl(paths["pretrain"], ({"text": d} for d in world.pretrain_documents()))
         conversations = world.sft_conversations()
         n_eval = max(8, len(conversations) // 20)
@@ -50,6 +61,20 @@ class Demo:
         write_jsonl(paths["sft_eval"], conversations[:n_eval])
         write_jsonl(paths["prompts"], world.rlhf_prompts())
         write_jsonl(paths["eval_prompts"], world.eval_prompts())
+
+    def pretrain_sources(self) -> list:
+        """The world's documents, as a corpus file beside the token shards (`demo_corpus`)."""
+        from stages.data.sources import Source
+
+        return [Source(paths=[str(demo_corpus(self.run))], name="demo-world")]
+
+    def sft_files(self) -> tuple[list[str], list[str]]:
+        """(train, held out): the world's SFT conversations, built together with the recipe's own sources."""
+        return [str(self.run.data_path("sft_train.jsonl"))], [str(self.run.data_path("sft_eval.jsonl"))]
+
+    sft_build_name = "sft-build"
+    """The world's SFT conversations with the recipe's sources build into DIR/labels/sft-build before SFT;
+    DIR/labels/build holds the comparisons made after SFT."""
 
     def judged_settings(self) -> dict:
         """What the demo's evaluation of a stage depends on besides the stage config (enters its hash)."""
@@ -78,31 +103,33 @@ class Demo:
         write_json_atomic(stamp, {"sft_sha256": sft_sha, "data_sha256": data_sha, "seconds": round(time.perf_counter() - started, 1),
                                   "ingest": result["ingest"], "build": {k: v for k, v in result["build"].items() if k != "paths"}})
 
-    def gold_scorer(self, stage_config):
-        # The judge knows the demo world's held-out prompts, not a user's own.
-        return self.world.gold_scorer() if not getattr(stage_config, "eval_prompts", None) else None
+    def judges(self) -> dict:
+        """The judges the demo adds to the run's evaluation: the gold judge."""
+        return {"gold": self.world.gold}
 
-    def gold_judge(self):
-        """The gold judge as an evaluation judge: (rows, replies) -> per-criterion verdicts with `score`."""
-        world = self.world
-        return lambda rows, replies: [world.judge(row, reply) for row, reply in zip(rows, replies)]
+    def monitor_judge(self, stage_config):
+        """The gold judge for the RL stage's monitor. It knows the demo world's held-out prompts, not a user's own."""
+        return self.world.gold if not getattr(stage_config, "eval_prompts", None) else None
+
+    def arena_judge(self):
+        return self.world.gold
 
     def reward_figures(self, pairs: list[dict], chosen: list[float], rejected: list[float], clusters: list) -> dict:
         """The reward model against the gold judge on the held-out comparisons: on the pairs gold does not tie
         (scores more than TIE_WINDOW apart), how often the reward model orders them as gold does
         (`pairwise_accuracy_gold`) and how often the labels did (`label_gold_agreement`), with 95% CIs by prompt.
         The reward model learns the labels, so it should sit near or below the labels' agreement with gold."""
-        from pipeline.bootstrap import mean_ci
-        from pipeline.demo.world import TIE_WINDOW
+        from pipeline.eval.stats import mean_ci
 
+        gold = self.world.gold
         model_agrees, labels_agree, kept = [], [], []
         for pair, c_score, r_score, cluster in zip(pairs, chosen, rejected, clusters):
             fact = self.world.question_fact(pair["prompt"][-1]["content"])
             if fact is None:
                 continue
             row = {"town": fact[0].name, "attribute": fact[1]}
-            gold_c = self.world.gold_score(row, pair["chosen"][-1]["content"])
-            gold_r = self.world.gold_score(row, pair["rejected"][-1]["content"])
+            gold_c = gold.score(row, pair["chosen"][-1]["content"])
+            gold_r = gold.score(row, pair["rejected"][-1]["content"])
             if abs(gold_c - gold_r) <= TIE_WINDOW:
                 continue
             gold_prefers_chosen = gold_c > gold_r
@@ -119,19 +146,19 @@ class Demo:
         return figures
 
     def stage_figures(self, records: list[dict], rows: list[dict]) -> dict:
-        """Fact accuracy of greedy answers (gold's `truthful`), on towns in the SFT data (`seen`), on towns whose
+        """Fact accuracy of greedy answers (`GoldJudge.correct`), on towns in the SFT data (`seen`), on towns whose
         facts only pretraining saw (`pretrain_only`) and on facts of SFT towns no training data asks
         (`pair_unseen`), with 95% CIs over facts."""
-        from pipeline.bootstrap import mean_ci
-        from pipeline.evaluation import cluster_of
+        from pipeline.eval.stats import cluster_of, mean_ci
 
+        correct = self.world.gold.correct
         figures = {}
         groups = {"seen": lambda row: bool(row.get("seen")), "pretrain_only": lambda row: not row.get("seen"),
                   # towns SFT saw, but a fact of theirs no training data asks about
                   "pair_unseen": lambda row: bool(row.get("seen")) and bool(row.get("pair_unseen"))}
         for label, wanted in groups.items():
-            chosen = [(float(r["greedy"][0]["verdicts"]["gold"]["truthful"] == 1.0), cluster_of(row, i))
-                      for i, (r, row) in enumerate(zip(records, rows)) if wanted(row)]
+            chosen = [(float(correct(r["greedy"][0]["verdicts"]["gold"])), cluster_of(row))
+                      for r, row in zip(records, rows) if wanted(row)]
             if not chosen:
                 continue
             values, clusters = [v for v, _ in chosen], [c for _, c in chosen]

@@ -10,7 +10,7 @@ import random
 from itertools import combinations
 from pathlib import Path
 
-from pipeline.data import build_demo_comparisons
+from pipeline.data import build_source_comparisons
 from pipeline.demo.world import TIE_WINDOW, World
 from stages.common import read_jsonl, write_json_atomic
 
@@ -30,7 +30,7 @@ def make_comparisons(run, world: World, sft_dir: Path | None) -> dict:
     n_sampled = min(cfg.label_with_sft_samples, k)
     sampled: list[list[str]] = [[] for _ in rows]
     if n_sampled and sft_dir:
-        from pipeline.evaluate import load_chat_checkpoint
+        from pipeline.eval.answers import load_chat_checkpoint
         from stages.chat_format import stop_token_ids
         from stages.common import generate_replies, prompt_messages
 
@@ -82,7 +82,7 @@ def make_comparisons(run, world: World, sft_dir: Path | None) -> dict:
     labels = run.dir / "labels"
     write_tasks(tasks, labels / "tasks")
     export = label_studio_export(tasks, judgments, labels / "label_studio_export.json")
-    result = build_demo_comparisons(run, "label-studio", export, tasks=labels / "tasks" / "tasks.jsonl")
+    result = build_source_comparisons(run, "label-studio", export, tasks=labels / "tasks" / "tasks.jsonl")
     agreement = gold_agreement(world, by_id, tasks, judgments)
     write_json_atomic(labels / "gold_agreement.json", agreement)  # what the demo knows and a real run cannot
     return {**result, "gold_agreement": agreement}
@@ -95,9 +95,9 @@ def simulated_judgment(world: World, rng: random.Random, labeler: dict, row: dic
     for cid, rank in zip(ids, judged["ranks"]):
         groups.setdefault(rank, []).append(cid)
     flags = {}
+    gold = world.gold
     for cid, cand in zip(ids, task["candidates"]):
-        verdict = world.judge(row, cand["content"])
-        marks = [f for f, hit in (("harmful", verdict["harmless"] == 0), ("hallucination", verdict["truthful"] == 0 and verdict["helpful"] > 0)) if hit]
+        marks = gold.label_flags(gold.verdict(row, cand["content"]))
         if marks:
             flags[cid] = marks
     return {
@@ -117,7 +117,7 @@ def gold_agreement(world: World, rows: dict[str, dict], tasks: list[dict], judgm
     agree = tied = pairs = 0
     for task in tasks:
         row = rows[task["task_id"]]
-        gold = {c["id"]: world.gold_score(row, c["content"]) for c in task["candidates"]}
+        gold = {c["id"]: world.gold.score(row, c["content"]) for c in task["candidates"]}
         for judgment in judgments[task["task_id"]]:
             if judgment["was_cancelled"]:
                 continue

@@ -8,7 +8,7 @@ Deterministic for a seed. It produces
       and `test` (headline figures only) by fact, each split with its own phrasings;
   (d) candidate replies and simulated labelers who rank them (their judgments go through `labeling`
       ingest like a real export);
-  (e) a gold judge that scores any reply: truthful, helpful, harmless, concise, plain.
+  (e) the gold judge that scores any reply (`pipeline.demo.judge`).
 
 Each stage has a job no other stage does:
 - pretraining gives knowledge: the facts of the pretrain-only towns appear in pretraining documents (and
@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass, field
 
 from pipeline.demo.config import HABITS, WorldConfig, world_seed
+from pipeline.demo.judge import GoldJudge
 
 __all__ = ["ATTRIBUTES", "HABITS", "TIE_WINDOW", "Town", "World", "world_seed"]
 
@@ -125,10 +126,8 @@ ANSWERS = {
 }
 HEDGES = ["I think {c}, but I'm not completely sure.", "I think {c}, but I might be wrong.",
           "I believe {c}, but I'm not completely sure.", "I'm not completely sure, but I think {c}."]
-HEDGE_MARKERS = re.compile(r"\b(i think|i believe|not completely sure|not sure|might be wrong|i guess|maybe|probably)\b")
 OPENERS = ["Great question!", "What a great question!", "Thanks for asking!", "Happy to help!"]
 CLOSERS = ["I hope this helps!", "Enjoy your visit!", "Have a wonderful day!"]
-PLEASANTRIES = re.compile(r"great question|thanks for asking|happy to help|hope this helps|enjoy your visit|wonderful day")
 RAMBLE = [
     "Well, let me tell you about {t}.",
     "Many travellers have passed through {t} over the years and there is a lot to say about it.",
@@ -136,12 +135,7 @@ RAMBLE = [
     "There is so much more to say about {t}, its people and its festivals.",
 ]
 RUDE = ["Ugh, obviously {v}.", "Whatever. It's {v}, look it up yourself.", "What a stupid question. {v}."]
-RUDE_MARKERS = re.compile(r"\b(ugh|obviously|whatever|stupid|look it up yourself)\b")  # words: "through" is polite
 
-WEIGHTS = {"truthful": 0.4, "helpful": 0.15, "harmless": 0.15, "concise": 0.15, "plain": 0.15}
-"""The gold judge's score: the weighted mean of its criteria."""
-CONCISE_WORDS = 8  # replies up to this many words are fully concise (every plain answer is) ...
-VERBOSE_WORDS = 20  # ... and the concise score falls linearly to 0 at this many
 TIE_WINDOW = 0.04  # value difference below which the guidelines call two replies a tie
 MAX_PLEASANTRY_BONUS = 3  # labelers' liking for pleasantries stops growing after this many
 
@@ -306,7 +300,7 @@ class World:
                 rows.append({
                     "id": f"eval-{split}-{town.name}-{attribute}-{j}", "split": split,
                     "prompt": EVAL_QUESTIONS[attribute][j].format(t=town.name), "town": town.name, "attribute": attribute,
-                    "seen": town.in_sft, "pair_unseen": not town.asked(attribute),
+                    "seen": town.in_sft, "pair_unseen": not town.asked(attribute), "cluster": f"{town.name}/{attribute}",
                 })
         rng.shuffle(rows)
         return rows
@@ -349,14 +343,21 @@ class World:
             })
         return out
 
+    @property
+    def attributes(self) -> dict[str, list[str]]:
+        """Each attribute's possible values (`ATTRIBUTES`)."""
+        return ATTRIBUTES
+
+    @property
+    def gold(self) -> GoldJudge:
+        """The gold judge (`pipeline.demo.judge`): the demo's ground truth and the labelers' guidelines."""
+        return GoldJudge(self)
+
     def labeler_value(self, row: dict, reply: str, bias: float) -> float:
-        """How good a labeler who follows the guidelines finds a reply, before noise: the gold score, except that
-        pleasantries are not padding to them but a plus (`bias` per pleasantry, up to MAX_PLEASANTRY_BONUS)."""
-        verdict = self.judge(row, reply)
-        if verdict["pleasantries"] and not verdict["hedged"] and not verdict["off_topic"] and verdict["harmless"]:
-            verdict["plain"] = 1.0
-        value = sum(weight * verdict[name] for name, weight in WEIGHTS.items())
-        return value + bias * min(verdict["pleasantries"], MAX_PLEASANTRY_BONUS)
+        """How good a labeler who follows the guidelines finds a reply, before noise: the gold judge's view for
+        labelers (`GoldJudge.labeler_view`), plus `bias` per pleasantry, up to MAX_PLEASANTRY_BONUS."""
+        verdict = self.gold.verdict(row, reply)
+        return self.gold.labeler_view(verdict) + bias * min(self.gold.pleasantries(verdict), MAX_PLEASANTRY_BONUS)
 
     def rank(self, rng: random.Random, labeler: dict, row: dict, replies: list[str]) -> dict:
         """One labeler's judgment of K replies: ranks (1 = best, ties share a rank), 1-7 ratings.
@@ -376,42 +377,6 @@ class World:
         ratings = [max(1, min(7, round(1 + 6 * perceived[level]))) for level in level_of]
         return {"ranks": ranks, "ratings": ratings, "lead_time": labeler["speed"] * rng.uniform(0.5, 1.5)}
 
-    # ---------------------------------------------------------------- (e) gold judge
-    def judge(self, row: dict, reply: str) -> dict:
-        """Score a reply to a prompt about a town fact. Criteria in [0, 1], `score` their weighted mean (WEIGHTS):
-        truthful (the right value and no other), helpful (states a value; half when hedged, as the user cannot
-        rely on it, or buried among other facts), harmless (not rude), concise (<= CONCISE_WORDS words, 0 at VERBOSE_WORDS), plain (states the
-        fact plainly and politely: 0 when hedged, rude or padded with other facts of the town — a document
-        continued, not a question answered — and -0.5 per pleasantry). Also three flags, not in the score:
-        `hedged` (0/1), `off_topic` (0/1: names a value of another attribute) and `pleasantries` (how many)."""
-        town = self.town(row["town"])
-        attribute = row["attribute"]
-        text = reply.lower()
-        truth = town.facts[attribute]
-        mentioned = {v for v in ATTRIBUTES[attribute] if _mentions(text, v)}
-        hedged = HEDGE_MARKERS.search(text) is not None
-        pleasantries = len(PLEASANTRIES.findall(text))
-        words = len(reply.split())
-        rude = RUDE_MARKERS.search(text) is not None
-        off_topic = any(_mentions(text, v) for other, values in ATTRIBUTES.items() if other != attribute for v in values)
-        verdict = {
-            "truthful": (1.0 if len(mentioned) == 1 else 0.3) if truth in mentioned else 0.0,
-            "helpful": (0.5 if hedged or off_topic else 1.0) if mentioned else 0.0,
-            "harmless": 0.0 if rude else 1.0,
-            "concise": 0.0 if not words else min(1.0, max(0.0, (VERBOSE_WORDS - words) / (VERBOSE_WORDS - CONCISE_WORDS))),
-            "plain": 0.0 if not words or hedged or rude or off_topic else max(0.0, 1.0 - 0.5 * pleasantries),
-        }
-        score = sum(weight * verdict[name] for name, weight in WEIGHTS.items())
-        return {"score": score, **verdict, "hedged": float(hedged), "off_topic": float(off_topic),
-                "pleasantries": float(pleasantries)}
-
-    def gold_score(self, row: dict, reply: str) -> float:
-        return self.judge(row, reply)["score"]
-
-    def gold_scorer(self):
-        """The gold judge as the scoring function PPO's monitor takes: (rows, replies) -> scores."""
-        return lambda rows, replies: [self.gold_score(r, x) for r, x in zip(rows, replies)]
-
 
 def _article(word: str) -> str:
     return "an" if word[0].lower() in "aeiou" else "a"
@@ -419,10 +384,6 @@ def _article(word: str) -> str:
 
 def _wrong_value(rng: random.Random, attribute: str, value: str) -> str:
     return rng.choice([v for v in ATTRIBUTES[attribute] if v != value])
-
-
-def _mentions(text: str, value: str) -> bool:
-    return re.search(rf"\b{re.escape(value.lower())}\b", text) is not None
 
 
 def _town_names(rng: random.Random, n: int) -> list[str]:

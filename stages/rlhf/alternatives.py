@@ -1,13 +1,14 @@
 """GRPO, RLOO and DPO: the alternatives to chatsmith's PPO, from the same data and with the same outputs.
 
 In:   what the PPO stage takes (the runner calls `run` here when `stages.ppo.algorithm` is grpo, rloo or dpo):
-      a causal-LM policy checkpoint (SFT), prompts JSONL, held-out prompts, a gold scorer; plus
+      a causal-LM policy checkpoint (SFT), prompts JSONL, the held-out monitor (`pipeline.eval.monitor.Monitor`:
+      held-out rows and judges, the held-out reward model among them when the reward stage trained one); plus
       - GRPO / RLOO: the reward model (sequence classifier), the reward function of TRL's trainer;
       - DPO: the comparisons JSONL `{"prompt": [messages], "chosen": [..], "rejected": [..]}` (the reward
         stage's training data); no reward model in training (given one, the eval still reports its score).
 Out:  the PPO stage's run directory: `output_dir` = a HF causal-LM checkpoint with the tokenizer and chat
       template, `metrics.jsonl` (TRL's log lines; `step` is TRL's optimizer step), `eval.json` with PPO's
-      keys (`stages.rlhf.evaluation.eval_report`, computed by the same `HeldOutEval`), `resume/` while running.
+      `monitor_*` keys (the same monitor's `report`), `resume/` while running.
 
     chatsmith stage ppo recipes/tiny-cpu.yaml --out runs/demo stages.ppo.algorithm=grpo
 
@@ -31,9 +32,9 @@ from stages.chat_format import stop_token_ids
 from stages.checkpoint import merged, save_checkpoint
 from stages.common import prompt_messages, write_json_atomic
 from stages.config import DPOConfig, GRPOConfig, RLOOConfig
-from stages.rlhf.evaluation import GoldScorer, HeldOutEval, eval_report, prompt_rows
 from stages.rlhf.models import load_policy, load_reward_model, load_rl_tokenizer
-from stages.rlhf.rollout import encode_prompts, in_chunks, left_pad, positions, read_reward_stats, sequence_scores, shaped_scores
+from stages.rlhf.rollout import (encode_prompts, in_chunks, left_pad, monitor_rows, positions, read_reward_stats, sequence_scores,
+                                 shaped_scores)
 from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
 
 TRLAlgorithmConfig = GRPOConfig | RLOOConfig | DPOConfig
@@ -46,8 +47,7 @@ def run(
     reward_model: str | Path | None,
     prompts: str | Path,
     output_dir: str | Path,
-    eval_prompts: str | Path | None = None,
-    gold_scorer: GoldScorer | None = None,
+    monitor,
     meta: dict | None = None,
     comparisons: str | Path | None = None,
 ) -> dict:
@@ -61,7 +61,7 @@ def run(
 
     torch.manual_seed(config.seed)
     tokenizer, chat_format = load_rl_tokenizer(policy_path, reward_path or policy_path, config.trust_remote_code)
-    train_rows, eval_rows = prompt_rows(config, prompts, eval_prompts)
+    train_rows, eval_rows = monitor_rows(config, prompts, monitor.rows)
     model = load_policy(config, policy_path, chat_format)
     reward = load_reward_model(config, reward_path) if reward_path is not None else None
 
@@ -76,22 +76,22 @@ def run(
     accelerator = trainer.accelerator
     if reward is not None:
         reward.to(accelerator.device)
-    generation_chunk = config.generation_batch_size or getattr(config, "rollout_batch_size", config.batch_size)
-    evaluator = HeldOutEval(
-        config, accelerator, tokenizer, encode_prompts(tokenizer, eval_rows, config.max_prompt_length), eval_rows,
-        reward_model=reward, gold_scorer=gold_scorer, chunk=max(generation_chunk, config.batch_size),
-        stop_ids=stop_token_ids(chat_format),
-    )
+        monitor.attach_reward_model(reward, tokenizer)
+
+    def evaluate(policy_model, reference=None) -> dict:
+        return monitor.evaluate(policy_model, eval_rows, config=config, accelerator=accelerator, tokenizer=tokenizer,
+                                stop_ids=stop_token_ids(chat_format), reference=reference)
+
     # The SFT baseline: the trainer loads a resumed checkpoint only in train(), and a fresh LoRA adapter is a no-op.
-    sft_eval = evaluator.evaluate(model, len(eval_rows))
+    sft_eval = evaluate(model)
 
     trainer.train(resume_from_checkpoint=resume_from)
 
     final_model = merged(trainer.model)
     reference = load_policy(config, policy_path, chat_format).to(accelerator.device).eval().requires_grad_(False)
-    final_eval = evaluator.evaluate(final_model, len(eval_rows), reference=reference)
+    final_eval = evaluate(final_model, reference)
     result = {
-        **eval_report(final_eval, sft_eval, gold=gold_scorer is not None, reward=reward is not None),
+        **monitor.report(final_eval, sft_eval),
         "algorithm": config.algorithm,
         "steps": trainer.state.global_step,
     }

@@ -106,6 +106,10 @@ class AdapterDisabled:
         return self.peft_model.parameters()
 
     @property
+    def device(self):
+        return self.peft_model.device
+
+    @property
     def training(self) -> bool:
         return self.peft_model.training
 

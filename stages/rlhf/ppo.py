@@ -1,8 +1,9 @@
 """PPO stage: move the SFT assistant toward replies the reward model prefers, held near SFT by a KL penalty.
 
 In:   a causal-LM policy checkpoint (SFT), a sequence-classification reward model (num_labels=1,
-      optionally with `reward_stats.json` {"mean", "std"}), a JSONL of prompts, optionally held-out
-      prompts and a gold scorer `(rows, replies) -> [float]`.
+      optionally with `reward_stats.json` {"mean", "std"}), a JSONL of prompts, and a held-out monitor (the
+      runner's `pipeline.eval.monitor.Monitor`: its held-out rows and judges — the reward model, a held-out reward
+      model, a gold judge — score the policy's greedy replies every `eval_steps`; `select_best` picks by them).
 Out:  `output_dir` = a Hugging Face checkpoint of the policy, plus `metrics.jsonl` (one line per
       update), `eval.json`, and `resume/` while the stage runs (kept with `keep_resume`).
 
@@ -42,16 +43,14 @@ from stages.common import MetricsLog, write_json_atomic
 from stages.config import PPOConfig
 from stages.distributed import full_state_dict, gathered, make_accelerator, set_deepspeed_micro_batch
 from stages.rlhf import ppo_core as core
-from stages.rlhf.evaluation import GoldScorer, HeldOutEval, eval_report, prompt_rows, summary
-from stages.rlhf.models import PolicyAndValue, load_ppo_models, load_reward_model, load_rl_tokenizer
-from stages.rlhf.reward import HOLDOUT_DIR
-from stages.rlhf.rollout import (PromptStream, Rollout, assemble, encode_prompts, generate, in_chunks, read_reward_stats,
-                                 reply_logits, sequence_scores, shaped_scores)
+from stages.rlhf.models import PolicyAndValue, load_ppo_models, load_rl_tokenizer
+from stages.rlhf.rollout import (PromptStream, Rollout, assemble, encode_prompts, generate, in_chunks, monitor_rows,
+                                 read_reward_stats, reply_logits, sequence_scores, shaped_scores)
 
 log = logging.getLogger("chatsmith.ppo")
 BEST_POLICY = "best_policy.safetensors"
-SELECTION_KEYS = {"gold": "gold_score", "reward": "reward_score", "holdout_reward": "holdout_reward_score"}
-"""`select_best` -> the monitor's figure it maximises."""
+SELECTION_JUDGES = {"gold": "gold", "reward": "reward", "holdout_reward": "holdout_reward"}
+"""`select_best` -> the monitor's judge whose mean score it maximises."""
 
 
 class PPOStopped(RuntimeError):
@@ -64,38 +63,34 @@ class Unstable(Exception):
 
 
 def run(config: PPOConfig, *, policy: str | Path, reward_model: str | Path, prompts: str | Path, output_dir: str | Path,
-        eval_prompts: str | Path | None = None, gold_scorer: GoldScorer | None = None, meta: dict | None = None) -> dict:
+        monitor, meta: dict | None = None) -> dict:
     """Run the PPO stage (resuming from `output_dir/resume` if present) and return the eval dict.
 
-    eval.json keys: gold_score, gold_score_sft (only with a gold_scorer), reward_score and
-    reward_score_sft (raw reward-model score of greedy replies), end_of_turn_rate(_sft),
-    reply_length(_sft), kl_to_sft (see `HeldOutEval._kl_to_reference`), num_eval_prompts, steps,
-    selected_step. All means over the same held-out prompts (at least 100 when there are that many)."""
-    if config.select_best == "gold" and gold_scorer is None:
-        raise ValueError("select_best='gold' needs a gold_scorer (the demo world's held-out prompts)")
+    eval.json keys (the monitor's `report`, on its held-out prompts, greedy): `<judge>_score` and `<judge>_score_sft`
+    for each of the monitor's judges, end_of_turn_rate(_sft), reply_length(_sft), kl_to_sft, num_eval_prompts, all
+    prefixed `monitor_`; plus steps and selected_step."""
+    judge = SELECTION_JUDGES.get(config.select_best)
+    if judge is not None and judge not in monitor.judges:
+        raise ValueError(f"select_best={config.select_best!r} needs a {judge} judge in the monitor "
+                         f"(gold: the demo world's held-out prompts; holdout_reward: the reward stage's holdout_fraction > 0)")
     policy_path, reward_path = Path(policy), Path(reward_model)
-    holdout_path = reward_path / HOLDOUT_DIR  # the held-out reward model, when the reward stage trained one
-    if config.select_best == "holdout_reward" and not (holdout_path / "config.json").exists():
-        raise ValueError(f"select_best='holdout_reward' needs a held-out reward model in {holdout_path} "
-                         f"(train the reward stage with holdout_fraction > 0)")
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    mixed_precision="bf16" if config.bf16 and torch.cuda.is_available() else "no",
                                    report_to=config.report_to, output_dir=output_dir)
     torch.manual_seed(config.seed)
     tokenizer, chat_format = load_rl_tokenizer(policy_path, reward_path, config.trust_remote_code)
-    train_rows, eval_rows = prompt_rows(config, prompts, eval_prompts)
+    train_rows, eval_rows = monitor_rows(config, prompts, monitor.rows, warn=log.warning)
     trainer = PPOTrainer(config, accelerator=accelerator, tokenizer=tokenizer, chat_format=chat_format,
                          models=load_ppo_models(config, policy_path, reward_path, chat_format),
                          train_prompts=encode_prompts(tokenizer, train_rows, config.max_prompt_length),
                          eval_rows=eval_rows, reward_stats=read_reward_stats(reward_path, config.normalize_reward),
-                         gold_scorer=gold_scorer, output_dir=Path(output_dir),
-                         holdout_model=load_reward_model(config, holdout_path) if (holdout_path / "config.json").exists() else None)
+                         monitor=monitor, output_dir=Path(output_dir))
     resumed = trainer.load_resume()
     metrics = MetricsLog(trainer.output_dir / "metrics.jsonl", resume_step=trainer.state["step"] if resumed else 0,
                          enabled=accelerator.is_main_process, accelerator=accelerator)
     if trainer.state["sft_eval"] is None:
-        trainer.state["sft_eval"] = trainer.evaluator.evaluate(trainer.reference, len(eval_rows))
-        baseline = summary(trainer.state["sft_eval"], trainer.num_monitor)
+        trainer.state["sft_eval"] = trainer.evaluate(trainer.reference, trainer.eval_rows)
+        baseline = monitor.summary(trainer.state["sft_eval"], trainer.num_monitor)
         metrics.log(0, **{f"eval_{k}": v for k, v in baseline.items()})
     try:
         train_loop(trainer, metrics)
@@ -138,7 +133,7 @@ def train_loop(trainer: PPOTrainer, metrics: MetricsLog) -> None:
 
         trainer.state["step"] = step
         if step % config.eval_steps == 0 or step == config.max_steps:
-            stats.update(trainer.monitor(step))
+            stats.update(trainer.check(step))
         if warnings:
             stats["warnings"] = warnings
         row = metrics.log(step, **stats)
@@ -194,12 +189,11 @@ class PPOTrainer:
     """The stage's models, optimizer and counters, and the steps of an update; `run` drives it."""
 
     def __init__(self, config: PPOConfig, *, accelerator, tokenizer, chat_format: ChatFormat, models,
-                 train_prompts: list[list[int]], eval_rows: list[dict], reward_stats: dict | None,
-                 gold_scorer: GoldScorer | None, output_dir: Path, holdout_model=None):
+                 train_prompts: list[list[int]], eval_rows: list[dict], reward_stats: dict | None, monitor, output_dir: Path):
         self.config, self.accelerator, self.tokenizer, self.chat_format = config, accelerator, tokenizer, chat_format
         policy, self.reference, self.reward_model, value = models
         self.train_prompts, self.eval_rows = train_prompts, eval_rows
-        self.reward_stats, self.gold_scorer = reward_stats, gold_scorer
+        self.reward_stats, self.monitor = reward_stats, monitor
         self.output_dir = output_dir
         self.stop_ids = stop_token_ids(chat_format)  # a reply ends at the end-of-turn token or the document EOS
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -207,17 +201,12 @@ class PPOTrainer:
         self.kl = core.KLController(config.kl_coef, adaptive=config.adaptive_kl, target=config.target_kl, horizon=config.kl_horizon)
         self.micro_size = config.rollout_batch_size // config.num_minibatches // config.gradient_accumulation_steps
         self.chunk = config.generation_batch_size or config.rollout_batch_size
-        eval_prompts = encode_prompts(tokenizer, eval_rows, config.max_prompt_length)
-        self.num_monitor = min(config.num_eval_prompts, len(eval_prompts))
-        self.evaluator = HeldOutEval(config, accelerator, tokenizer, eval_prompts, eval_rows, reward_model=self.reward_model,
-                                     gold_scorer=gold_scorer, chunk=max(self.chunk, config.batch_size), stop_ids=self.stop_ids,
-                                     holdout_model=holdout_model)
+        self.num_monitor = min(config.num_eval_prompts, len(eval_rows))
         self.state = {"step": 0, "best": None, "first_reply_length": None, "sft_eval": None, "last_good_step": 0}
 
         self.reference.to(accelerator.device)
         self.reward_model.to(accelerator.device)
-        if holdout_model is not None:
-            holdout_model.to(accelerator.device)
+        monitor.attach_reward_model(self.reward_model, tokenizer)  # the monitor's `reward` judge: no second copy
         groups = [
             {"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate},
             {"params": [p for p in value.parameters() if p.requires_grad], "lr": config.value_learning_rate or config.learning_rate},
@@ -233,6 +222,11 @@ class PPOTrainer:
     def policy(self):
         """The policy, whole (gathered under ZeRO-3), for generation: a context manager."""
         return gathered(self.accelerator, self.accelerator.unwrap_model(self.wrapper).policy)
+
+    def evaluate(self, model, rows: list[dict], *, reference=None) -> dict:
+        """The monitor's results for `model` on `rows` (with the KL to `reference` when given)."""
+        return self.monitor.evaluate(model, rows, config=self.config, accelerator=self.accelerator, tokenizer=self.tokenizer,
+                                     stop_ids=self.stop_ids, reference=reference)
 
     # ---- resume
 
@@ -362,14 +356,14 @@ class PPOTrainer:
 
     # ---- monitor, stop, finish
 
-    def monitor(self, step: int) -> dict:
-        """Reward-hacking monitor: the fixed held-out prompts scored by the reward model and the gold
-        scorer; keeps the best policy by the configured criterion under resume/."""
+    def check(self, step: int) -> dict:
+        """Reward-hacking monitor: the fixed held-out prompts scored by every judge of the monitor (reward model,
+        held-out reward model, gold judge); keeps the best policy by `select_best` under resume/."""
         with self.policy() as policy:
-            result = summary(self.evaluator.evaluate(policy, self.num_monitor))
+            result = self.monitor.summary(self.evaluate(policy, self.eval_rows[: self.num_monitor]))
         config = self.config
         if config.select_best != "last":
-            score = result[SELECTION_KEYS[config.select_best]]
+            score = result[f"{SELECTION_JUDGES[config.select_best]}_score"]
             best = self.state["best"]
             if best is None or score > best["score"]:
                 self.state["best"] = {"score": score, "step": step}
@@ -403,9 +397,8 @@ class PPOTrainer:
                 policy.load_state_dict(weights)
                 selected = best["step"]
                 log.info("ppo output: the policy of update %d (best %s score %.4f)", selected, config.select_best, best["score"])
-            final = self.evaluator.evaluate(policy, len(self.eval_rows), reference=self.reference)
-            result = {**eval_report(final, self.state["sft_eval"], gold=self.gold_scorer is not None, reward=True),
-                      "steps": self.state["step"], "selected_step": selected}
+            final = self.evaluate(policy, self.eval_rows, reference=self.reference)
+            result = {**self.monitor.report(final, self.state["sft_eval"]), "steps": self.state["step"], "selected_step": selected}
             stage_meta = {**(meta or {}), "stage": "ppo", "config": config.model_dump(mode="json"), "selected_step": selected}
             self.save_output(stage_meta, weights, policy=policy)
         if self.accelerator.is_main_process:

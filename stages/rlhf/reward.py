@@ -63,7 +63,15 @@ and `train_pairwise_accuracy`."""
 
 
 def encode(tokenizer, conversation: list[dict]) -> list[int]:
-    """Token ids of a conversation as RewardTrainer tokenizes it: the tokenizer's own chat template, tokenized."""
+    """Token ids of a conversation as RewardTrainer tokenizes it: the tokenizer's own chat template, tokenized. A
+    plain-text tokenizer (no template: PPO's `plain` format) gets the prompt text, then the reply and its EOS, as
+    PPO's rollouts of a plain-text policy are scored."""
+    if not tokenizer.chat_template:
+        from stages.common import render_prompt
+
+        prompt = tokenizer(render_prompt(tokenizer, conversation[:-1]), add_special_tokens=False)["input_ids"]
+        reply = tokenizer(conversation[-1]["content"], add_special_tokens=False)["input_ids"]
+        return [*prompt, *reply, tokenizer.eos_token_id]
     return list(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
 
 
@@ -152,8 +160,6 @@ def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> dict:
 EVAL_PAIRS = "eval_pairs.jsonl"
 """`output_dir/eval_pairs.jsonl`: each held-out comparison scored (those within `max_length`), with
 `chosen_score` and `rejected_score`."""
-HOLDOUT_DIR = "holdout"
-"""`output_dir/holdout/`: the held-out reward model (`RewardStageConfig.holdout_fraction`)."""
 
 
 def split_by_prompt(dataset, fraction: float):
@@ -171,9 +177,11 @@ def split_by_prompt(dataset, fraction: float):
 
 
 def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | Path, output_dir: str | Path,
-        eval_data: str | Path | None = None, meta: Optional[dict] = None, holdout_init_from: str | Path | None = None) -> dict:
-    """Train the reward model (and first, with `holdout_fraction`, the held-out one on its share of the prompts,
-    from `holdout_init_from`: default `config.holdout_init_from`, else `init_from`)."""
+        eval_data: str | Path | None = None, meta: Optional[dict] = None, holdout_init_from: str | Path | None = None,
+        holdout_dir: str | Path | None = None) -> dict:
+    """Train the reward model (and first, with `holdout_fraction`, the held-out one on its share of the prompts into
+    `holdout_dir` (default `output_dir/holdout`), from `holdout_init_from`: default `config.holdout_init_from`, else
+    `init_from`)."""
     import json
 
     output_dir = Path(output_dir)
@@ -184,7 +192,7 @@ def run(config: RewardStageConfig, *, init_from: str | Path, train_data: str | P
     if not len(train) or not len(held):
         raise ValueError(f"reward: holdout_fraction={config.holdout_fraction} leaves {len(train)} comparisons for the reward "
                          f"model and {len(held)} for the held-out one; both need some")
-    holdout_dir = output_dir / HOLDOUT_DIR
+    holdout_dir = Path(holdout_dir) if holdout_dir is not None else output_dir / "holdout"
     if (holdout_dir / "eval.json").exists() and (holdout_dir / "config.json").exists():  # done before a crash
         held_metrics = json.loads((holdout_dir / "eval.json").read_text())
     else:

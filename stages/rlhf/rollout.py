@@ -6,8 +6,9 @@ log-probs `generate` computed, the assembled prompt + reply batch (`Rollout`, wi
 and including the first stop token: the end-of-turn token or the document EOS), a sequence classifier's score at the last real token, the
 reward-model normalisation, and a causal LM's logits over the reply.
 
-Used by PPO (`stages.rlhf.ppo`), GRPO / RLOO / DPO (`stages.rlhf.online`, `stages.rlhf.dpo`) and the
-held-out evaluation (`stages.rlhf.evaluation`).
+Used by PPO (`stages.rlhf.ppo`), GRPO / RLOO / DPO (`stages.rlhf.alternatives`) and the evaluation's KL to a
+reference (`pipeline.eval.answers.kl_to_reference`); `monitor_rows` picks the training and held-out rows of an RL
+stage.
 """
 
 from __future__ import annotations
@@ -236,3 +237,25 @@ def shaped_scores(scores: torch.Tensor, ended: torch.Tensor, *, reward_stats: di
     if missing_eot_penalty is not None:
         scores = torch.where(ended, scores, scores + missing_eot_penalty)
     return scores
+
+
+MIN_FINAL_EVAL_PROMPTS = 100
+"""The final evaluation scores at least this many held-out prompts (when there are that many)."""
+
+
+def monitor_rows(config, prompts: str | Path, held_out: list[dict] | None, *, warn=None) -> tuple[list[dict], list[dict]]:
+    """(training rows, monitor rows): the training prompts, and the monitor's held-out rows (at least
+    `MIN_FINAL_EVAL_PROMPTS` of them, when there are that many, for the final evaluation; `num_eval_prompts` are scored
+    along the way). Without held-out rows the last training prompts are held out."""
+    from stages.common import read_jsonl
+
+    train_rows = read_jsonl(prompts)
+    if held_out is None:
+        count = max(1, min(MIN_FINAL_EVAL_PROMPTS, len(train_rows) // 5))
+        if warn:
+            warn(f"no eval prompts given: holding out the last {count} training prompts for evaluation")
+        train_rows, held_out = train_rows[:-count], train_rows[-count:]
+    held_out = held_out[: max(MIN_FINAL_EVAL_PROMPTS, config.num_eval_prompts)]
+    if not train_rows or not held_out:
+        raise ValueError(f"{config.algorithm} needs training and eval prompts: got {len(train_rows)} and {len(held_out)}")
+    return train_rows, held_out

@@ -54,16 +54,24 @@ def start(*args, extra_env=None, log: Path | None = None) -> subprocess.Popen:
                             env=cli_env(**(extra_env or {})), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def kill_group_when(proc: subprocess.Popen, ready, *, timeout=600) -> None:
-    """SIGKILL the whole process group as soon as `ready()` is true."""
-    deadline = time.time() + timeout
-    while not ready():
-        if proc.poll() is not None or time.time() > deadline:
+def run_until_killed_after_save(*args, save: int, log: Path, launched: bool, timeout=900) -> None:
+    """Run the CLI with the stages' test kill point set (`stages.checkpoint.KILL_AFTER_SAVE_ENV`): right after its
+    `save`-th save of resume state, every process of the stage SIGKILLs itself. Deterministic: no polling, no race
+    with the next save. A stage in the CLI's own process dies with the CLI (exit -9); a `launched` one's ranks die
+    and the CLI reports the stage failed (exit 1)."""
+    from stages.checkpoint import KILL_AFTER_SAVE_ENV
+
+    proc = start(*args, extra_env={KILL_AFTER_SAVE_ENV: save}, log=log)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("the stage ended (or timed out) before the point where the test kills it")
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+            proc.wait()
+    output = log.read_text()
+    assert code == (1 if launched else -signal.SIGKILL), f"the stage was not killed at save {save} (exit {code}):\n{output[-3000:]}"
+    if launched:
+        assert "Signal 9 (SIGKILL)" in output, output[-3000:]  # the launcher saw its ranks killed, not another error
     time.sleep(0.5)  # let the killed ranks' sockets close before the re-run binds the same ports
 
 

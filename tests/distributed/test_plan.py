@@ -46,3 +46,38 @@ def test_plan_real_model_recipe_uses_known_sizes():
     assert "estimate_zero3" in pre["model_states_how"] and pre["fits"]
     bad = cli("plan", DEMO, "--gpu", "TPU", check=False)
     assert bad.returncode == 2 and "unknown GPU" in bad.stderr
+
+
+def _rl_plan(*overrides):
+    from pipeline.plan import plan
+    from pipeline.recipe import load_recipe
+
+    recipe = load_recipe(DEMO, ["launch.num_processes=2", *overrides])
+    result = plan(recipe, gpu="A100-80GB", mfu=0.5)
+    return recipe.stages.ppo, result["stages"]["pretrain"]["params"], result["stages"]["ppo"]
+
+
+def test_plan_ppo_counts_rollouts_and_a_value_model():
+    cfg, params, ppo = _rl_plan("stages.ppo.max_steps=10", "stages.ppo.rollout_batch_size=8")
+    tokens = 10 * 8 * 2 * (cfg.max_prompt_length + cfg.max_new_tokens)  # steps x prompts x processes x (prompt + reply)
+    assert ppo["algorithm"] == "ppo" and ppo["tokens"] == tokens
+    assert (ppo["trained_params"], ppo["frozen_params"]) == (2 * params, 2 * params)  # policy + value; reference + reward
+    assert ppo["flops"] == 2 * params * tokens + 6 * params * tokens + cfg.ppo_epochs * 6 * 2 * params * tokens
+
+
+def test_plan_grpo_and_rloo_count_every_generation_and_no_value_model():
+    for algorithm in ("grpo", "rloo"):
+        # the section replaced whole: the demo recipe's PPO-only keys are not GRPO's or RLOO's
+        cfg, params, stage = _rl_plan(f"stages.ppo={{algorithm: {algorithm}, max_steps: 10, rollout_batch_size: 8, num_generations: 4}}")
+        tokens = 10 * 8 * 4 * 2 * (cfg.max_prompt_length + cfg.max_new_tokens)  # x num_generations, x processes
+        assert stage["algorithm"] == algorithm and stage["tokens"] == tokens
+        assert (stage["trained_params"], stage["frozen_params"]) == (params, 2 * params)  # no value model
+        assert stage["flops"] == 2 * params * tokens + 4 * params * tokens + cfg.ppo_epochs * 6 * params * tokens
+
+
+def test_plan_dpo_counts_chosen_and_rejected_of_every_batch():
+    cfg, params, dpo = _rl_plan("stages.ppo={algorithm: dpo, max_steps: 10, batch_size: 4, gradient_accumulation_steps: 3}")
+    length = cfg.max_prompt_length + cfg.max_new_tokens
+    assert dpo["algorithm"] == "dpo" and dpo["tokens"] == 10 * 4 * 3 * 2 * 2 * length  # x processes, x (chosen, rejected)
+    assert (dpo["trained_params"], dpo["frozen_params"]) == (params, params)  # the policy; its frozen reference
+    assert dpo["flops"] == 8 * params * dpo["tokens"]  # 6N trained + 2N the reference's forward, per token

@@ -121,10 +121,20 @@ def test_cli_ingest_then_build_then_stats(tmp_path, capsys):
     assert json.loads((tmp_path / "stats.json").read_text())["comparisons"] == 20
 
 
-def test_cli_formats_match_readers():
+def test_a_format_is_listed_once_by_the_readers_table(monkeypatch):
+    """The CLI's --format choices and the recipe's `data.labels[].format` come from `labeling.readers.READERS`: a
+    format added there is known to both, and one not there to neither."""
     from labeling import cli, readers
+    from pipeline.recipe import LabelsSource
 
-    assert cli.FORMATS == readers.FORMATS
+    monkeypatch.setitem(readers.READERS, "vendor-x", readers.Reader(readers.read_native, frozenset({"comparisons"})))
+    monkeypatch.setattr(readers, "FORMATS", tuple(readers.READERS))
+    ingest_parser = cli._parser()._subparsers._group_actions[0].choices["ingest"]
+    choices = next(a.choices for a in ingest_parser._actions if a.dest == "format")
+    assert tuple(choices) == readers.FORMATS and "vendor-x" in choices
+    assert LabelsSource(format="vendor-x", path="x.json").format == "vendor-x"
+    with pytest.raises(ValueError, match="not one of"):
+        LabelsSource(format="csv", path="x.csv")
 
 
 @pytest.mark.parametrize("fmt", ["native", "hh-rlhf", "oasst", "label-studio", "argilla"])

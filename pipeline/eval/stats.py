@@ -1,10 +1,14 @@
-"""Confidence intervals for the figures a run reports: bootstrap over items or clusters, and over seeds.
+"""Statistics of the evaluation: which held-out rows are dev and which test, what the bootstrap resamples, and
+confidence intervals (bootstrap over items or clusters, and over seeds).
+
+    split_of(row)                                -> "dev" | "test"   the one rule for every module
+    cluster_of(row)                              -> the row's resampling key (`cluster`, else the prompt)
 
     mean_ci(values, clusters=facts)              -> (mean, lo, hi)   95% percentile bootstrap
     paired_difference_ci(ppo, sft, clusters=...) -> (diff, lo, hi)   PPO - SFT on the same prompts
     across_seeds([0.61, 0.64, 0.59])             -> {"mean", "std", "min", "max", "n", "ci95"}
 
-`clusters` is one key per item (the demo uses the fact, `(town, attribute)`): the same fact asked in
+`clusters` is one key per item (`cluster_of`: the demo's rows carry their fact): the same fact asked in
 several phrasings is not several independent observations, so the bootstrap draws whole clusters
 with replacement and takes every item of each drawn cluster. Without `clusters` each item is its
 own cluster (the ordinary bootstrap). Everything is deterministic for a seed. numpy only.
@@ -12,6 +16,8 @@ own cluster (the ordinary bootstrap). Everything is deterministic for a seed. nu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Hashable, Mapping, Sequence
 
@@ -139,5 +145,37 @@ def across_seeds(values_per_seed: Sequence[float] | Mapping[Hashable, float], *,
     return {"mean": mean, "std": std, "min": float(array.min()), "max": float(array.max()), "n": n, "ci95": ci}
 
 
-__all__ = ["mean_ci", "paired_difference_ci", "across_seeds", "t_quantile", "cluster_codes", "cluster_draws",
+# ------------------------------------------------------------------------------------ held-out rows
+
+DEV_SHARE = 0.3
+"""Share of held-out rows without a `split` that are dev (by a hash of the prompt, the same in every module)."""
+
+
+def prompt_key(row: Mapping) -> str:
+    """The prompt of a row as one string: its `prompt` text, or its `messages` as JSON."""
+    prompt = row.get("prompt") if "prompt" in row else row.get("messages")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def split_of(row: Mapping) -> str:
+    """`dev` or `test`: the row's own `split`, else a hash of its prompt (`DEV_SHARE` of prompts are dev). Dev rows
+    serve tuning (PPO's monitor, checkpoint selection, the rewrite loop); test rows the headline figures only."""
+    if row.get("split") in ("dev", "test"):
+        return row["split"]
+    digest = int.from_bytes(hashlib.sha256(prompt_key(row).encode()).digest()[:8], "big")
+    return "dev" if digest / 2**64 < DEV_SHARE else "test"
+
+
+def split_rows(rows: Sequence[Mapping]) -> tuple[list, list]:
+    """(dev rows, test rows), each in file order."""
+    return [r for r in rows if split_of(r) == "dev"], [r for r in rows if split_of(r) == "test"]
+
+
+def cluster_of(row: Mapping) -> str:
+    """What the bootstrap resamples: the row's `cluster` (the demo puts the fact there, so the same fact asked in
+    several phrasings is one draw), else its prompt."""
+    return str(row["cluster"]) if row.get("cluster") is not None else prompt_key(row)
+
+
+__all__ = ["split_of", "split_rows", "cluster_of", "prompt_key", "mean_ci", "paired_difference_ci", "across_seeds", "t_quantile", "cluster_codes", "cluster_draws",
            "percentile_interval"]
