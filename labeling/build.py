@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, TextIO
+from typing import TYPE_CHECKING, Callable, Iterator, TextIO
 
 from labeling.controls import is_control
 from labeling.ingest import read_records
@@ -141,6 +141,7 @@ class Unit:
     control: bool = False  # a judgment on a control task: never training data
     labeler: str | None = None  # who made it (records of ingest dirs)
     record: object = None  # the record itself (ingest dirs), for excluded.jsonl
+    prompt: list | None = None  # the prompt messages, for `split_group`
 
 
 def _as_messages(value, role: str, where: str) -> list[dict]:
@@ -159,7 +160,7 @@ def _plain_units(source: Source) -> Iterator[Unit]:
             if messages[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in messages):
                 raise ValueError(f"{where}: a conversation needs `messages` with a user turn, ending with an assistant turn")
             out = {"messages": messages}
-            yield Unit("conversation", split_key(messages[:-1]), _digest(out), [out], [])
+            yield Unit("conversation", split_key(messages[:-1]), _digest(out), [out], [], prompt=messages[:-1])
         else:
             missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
             if missing:
@@ -169,7 +170,7 @@ def _plain_units(source: Source) -> Iterator[Unit]:
                    "rejected": _as_messages(row["rejected"], "assistant", where)}
             if "margin" in row:
                 out["margin"] = float(row["margin"])
-            yield Unit("pair", split_key(out["prompt"]), _digest(out), [], [out])
+            yield Unit("pair", split_key(out["prompt"]), _digest(out), [], [out], prompt=out["prompt"])
 
 
 def _digest(row: dict) -> str:
@@ -182,7 +183,7 @@ def _units(source: Source) -> Iterator[Unit]:
         return
     for record in read_records(source.path):
         key, digest = split_key(record.prompt), content_id(record)
-        who = {"labeler": record.labeler.id if record.labeler else None, "record": record}
+        who = {"labeler": record.labeler.id if record.labeler else None, "record": record, "prompt": record.prompt}
         if isinstance(record, Comparison):
             rows, ties = comparison_pairs(record)
             yield Unit("comparison", key, digest, [], rows, ties, control=is_control(record), **who)
@@ -233,18 +234,36 @@ def _screening(screening, sources: list[Source]):
 _DATASETS = ("comparisons_train", "comparisons_eval", "sft_train", "sft_eval")
 
 
-def _split_prompts(sources: list[Source], eval_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+def _split_prompts(sources: list[Source], eval_fraction: float, seed: int,
+                   split_group: Callable[[str], str | None] | None = None) -> tuple[set[str], set[str]]:
     """The first pass, over the prompts only (digests, no rows): (every prompt key, the keys that go to eval).
-    A control's prompt is none of them (it never trains); an excluded judgment's is, so screening moves no prompt."""
+    A control's prompt is none of them (it never trains); an excluded judgment's is, so screening moves no prompt.
+    With `split_group` (the opening user turn's text -> a group, or None for its own), the drawn prompts go to eval
+    a whole group at a time: `eval_fraction` of the groups."""
     keys: set[str] = set()
     fixed: set[str] = set()  # prompts of `*_eval` files: always eval
     kept: set[str] = set()  # prompts of train files split before: never drawn for eval
+    group_of: dict[str, str] = {}
     for source in sources:
         for unit in _units(source):
             if not unit.control:
                 (fixed if source.held_out else kept if source.kept_in_train else keys).add(unit.key)
-    held_out = fixed | eval_prompts(keys - fixed - kept, eval_fraction=eval_fraction, seed=seed)
-    return keys | fixed | kept, held_out
+                if split_group is not None and unit.key not in group_of:
+                    group_of[unit.key] = split_group(_opening(unit.prompt)) or unit.key
+    drawn = keys - fixed - kept
+    if split_group is None:
+        return keys | fixed | kept, fixed | eval_prompts(drawn, eval_fraction=eval_fraction, seed=seed)
+    groups = eval_prompts({group_of[k] for k in drawn}, eval_fraction=eval_fraction, seed=seed)
+    return keys | fixed | kept, fixed | {k for k in drawn if group_of[k] in groups}
+
+
+def _opening(prompt) -> str:
+    """The text of a prompt's opening user turn (what `split_key` keys on)."""
+    for message in prompt or []:
+        role, content = (message["role"], message["content"]) if isinstance(message, dict) else (message.role, message.content)
+        if role == "user":
+            return content
+    return ""
 
 
 @dataclass
@@ -354,13 +373,16 @@ def _write_screening(screening: Screening | None, excluding: bool, out_dir: Path
 
 
 def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: int = 0, sft_files=(), comparison_files=(),
-          sft_eval_files=(), comparison_eval_files=(), sft_train_files=(), screening=None) -> dict:
+          sft_eval_files=(), comparison_eval_files=(), sft_train_files=(), screening=None,
+          split_group: Callable[[str], str | None] | None = None) -> dict:
     """Write the comparison and SFT datasets from every source into `out_dir`.
 
     `ingest_dir`: one ingest dir or a list; `sft_files`, `comparison_files`: plain training files
     split like the records; `sft_eval_files`, `comparison_eval_files`: rows always held out (their
     prompts are then kept out of train); `sft_train_files`: rows split before (the demo world's), whose
-    prompts stay in train unless an `*_eval` file holds them.
+    prompts stay in train unless an `*_eval` file holds them. `split_group`: the opening user turn's text -> a group
+    whose prompts are held out together (the demo: the fact a question asks, so the held-out comparisons are about
+    facts no training comparison asks in another phrasing); None: each prompt its own.
 
     Judgments on control tasks never become rows (counted under `controls`). `screening`: a
     `labeling.screening.Screening` (from `screen`), or a `ScreenConfig` (the ingest dirs are screened
@@ -385,7 +407,7 @@ def build(ingest_dir=None, out_dir=None, *, eval_fraction: float = 0.1, seed: in
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    prompts, held_out = _split_prompts(sources, eval_fraction, seed)
+    prompts, held_out = _split_prompts(sources, eval_fraction, seed, split_group)
     run, paths = _write_datasets(sources, out_dir, held_out, screening if excluding else None)
     excluded = sum(run.excluded_by_reason.values())
     assert run.read == run.records + run.duplicates + run.controls + excluded, "build lost count of a record"  # an invariant

@@ -83,6 +83,9 @@ class FilesSource:
     def stage_figures(self, records: list[dict], rows: list[dict]) -> dict:
         return {}
 
+    split_group = None
+    """(opening question) -> the group its prompts are held out with (`labeling.build`'s `split_group`); None: by prompt."""
+
     def reward_figures(self, pairs, chosen, rejected, clusters) -> dict:
         return {}
 
@@ -182,7 +185,7 @@ def build_labels(run) -> dict:
     built = build([s["dir"] for s in ingested], sft_build_dir(run), eval_fraction=data.eval_fraction,
                   seed=run.recipe.seed, sft_files=files["sft"], comparison_files=files["comparisons"],
                   sft_eval_files=[*source_eval, *files["sft_eval"]], comparison_eval_files=files["comparisons_eval"],
-                  sft_train_files=source_train)
+                  sft_train_files=source_train, split_group=run.source.split_group)
     run.say(f"data: built {built['sft_train']} + {built['sft_eval']} SFT rows and {built['comparisons_train']} + "
             f"{built['comparisons_eval']} comparisons (train + held out) from {len(built.get('by_source', {}))} sources")
     return {"ingest": ingested, "build": built}
@@ -217,7 +220,7 @@ def build_source_comparisons(run, fmt: str, export: Path, *, tasks: Path | None 
     user_ingested = sorted(str(p) for p in (labels / USER_INGEST).glob("[0-9][0-9]-*") if p.is_dir())
     built = build([labels / "ingest", *user_ingested], labels / "build", eval_fraction=run.recipe.data.eval_fraction,
                   seed=run.recipe.seed, comparison_files=files["comparisons"],
-                  comparison_eval_files=files["comparisons_eval"])
+                  comparison_eval_files=files["comparisons_eval"], split_group=run.source.split_group)
     return {"ingest": summary, "build": built}
 
 

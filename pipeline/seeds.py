@@ -2,9 +2,9 @@
 
 Each seed is a whole run in `OUT/seed-N` (the top-level `seed` drives the demo world, every stage and
 the evaluation). `OUT/seeds.json` has, per stage and figure, the value of each seed and their mean,
-standard deviation and t-based 95% CI of the mean; for figures with a per-seed CI (`<key>_ci95`) it
-also says in how many seeds that CI excludes 0 (the paired PPO − SFT differences). `OUT/seeds.md` is
-the same as a Markdown table (the README's figures are generated from it: `tests/bench/readme_figures.py`).
+standard deviation, min, max and t-based 95% CI of the mean (the between-seed interval: the evidence that a
+figure holds beyond one trained model). `OUT/seeds.md` is the same as a Markdown table (the README's figures
+are generated from the runs: `tests/bench/readme_figures.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def seed_dir(out: Path, seed: int) -> Path:
 
 
 def summarise(out: Path, seeds: list[int]) -> dict:
-    """Per stage: {figure: {"per_seed": {seed: value}, "mean", "std", "ci95", "n", "ci_excludes_zero"?}}."""
+    """Per stage: {figure: {"per_seed": {seed: value}, "mean", "std", "min", "max", "ci95", "n"}}."""
     table: dict = {}
     for stage in STAGE_ORDER:
         evals = {}
@@ -45,11 +45,7 @@ def summarise(out: Path, seeds: list[int]) -> dict:
         rows = {}
         for key in keys:
             values = {seed: e[key] for seed, e in evals.items() if isinstance(e.get(key), (int, float))}
-            row = {"per_seed": values, **across_seeds(list(values.values()))}
-            intervals = [e.get(f"{key}_ci95") for e in evals.values() if e.get(f"{key}_ci95")]
-            if intervals and "_minus_" in key:  # a paired difference: does each seed's own CI exclude 0?
-                row["ci_excludes_zero"] = sum(1 for low, high in intervals if low > 0 or high < 0)
-            rows[key] = row
+            rows[key] = {"per_seed": values, **across_seeds(list(values.values()))}
         table[stage] = rows
     out.mkdir(parents=True, exist_ok=True)
     (out / "seeds.json").write_text(json.dumps({"seeds": seeds, "stages": table}, indent=2) + "\n")
@@ -58,16 +54,14 @@ def summarise(out: Path, seeds: list[int]) -> dict:
 
 
 def markdown(table: dict, seeds: list[int]) -> str:
-    lines = [f"Seeds {', '.join(map(str, seeds))}: mean ± std over seeds [t-based 95% CI of the mean]; "
-             "`excl. 0`: seeds whose own 95% CI excludes 0.", "",
-             "| stage | figure | mean ± std | 95% CI (seeds) | per seed | excl. 0 |", "|---|---|---|---|---|---|"]
+    lines = [f"Seeds {', '.join(map(str, seeds))}: mean ± std over seeds [t-based 95% CI of the mean, between seeds].", "",
+             "| stage | figure | mean ± std | 95% CI (seeds) | per seed |", "|---|---|---|---|---|"]
     for stage, rows in table.items():
         for key, row in rows.items():
             if key.endswith(("_ci95",)) or key in ("steps", "epochs", "selected_step"):
                 continue
             ci = row.get("ci95")
             per_seed = ", ".join(f"{v:.3f}" for v in row["per_seed"].values())
-            excluded = f"{row['ci_excludes_zero']}/{row['n']}" if "ci_excludes_zero" in row else ""
             ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—"
-            lines.append(f"| {stage} | {key} | {row['mean']:.3f} ± {row['std']:.3f} | {ci_text} | {per_seed} | {excluded} |")
+            lines.append(f"| {stage} | {key} | {row['mean']:.3f} ± {row['std']:.3f} | {ci_text} | {per_seed} |")
     return "\n".join(lines) + "\n"

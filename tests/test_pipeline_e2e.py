@@ -204,7 +204,7 @@ def test_rewrite_loop_retrains_sft_and_every_later_stage(run_dir, tmp_path):
 
     world = World.build(load_recipe(copy / "recipe.yaml").data.world)
     rewrites = simulated_rewrites(world, tasks / "tasks.jsonl", tmp_path / "rewrites.json")
-    assert rewrites["rewritten"] == 6
+    assert rewrites["rewritten"] == 6 - rewrites["filtered"]
 
     labels = f"data.labels=[{{format: label-studio, path: {tmp_path / 'rewrites.json'}, tasks: {tasks / 'tasks.jsonl'}}}]"
     result = chatsmith("run", DEMO, "--out", copy, *TINY, labels, "stages.ppo.max_steps=1")
@@ -220,7 +220,8 @@ def test_rewrite_loop_retrains_sft_and_every_later_stage(run_dir, tmp_path):
     kinds = {source: info["kinds"] for source, info in built["by_source"].items()}
     assert kinds[str(copy / "data" / "sft_train.jsonl")]["conversation"]["sft_rows"] == world_rows  # all kept
     (ingested,) = [k for s, k in kinds.items() if "user-ingest" in s]
-    assert ingested == {"rewrite": {"records": 6, "sft_rows": 6, "comparison_rows": 6}}
+    done = rewrites["rewritten"]
+    assert ingested == {"rewrite": {"records": done, "sft_rows": done, "comparison_rows": done}}
     sft_rows = [json.loads(l) for f in ("sft_train", "sft_eval") for l in (copy / "labels" / "sft-build" / f"{f}.jsonl").open()]
     replies = {r["messages"][-1]["content"] for r in sft_rows}
     assert all(world.question_fact(t["prompt"][-1]["content"]) for t in task_rows)
@@ -228,16 +229,48 @@ def test_rewrite_loop_retrains_sft_and_every_later_stage(run_dir, tmp_path):
     assert {r["reply"] for r in rewritten} <= replies
     # ... and the rewrite > original pairs reach the reward data, beside the simulated labelers' comparisons
     pairs = [json.loads(l) for f in ("comparisons_train", "comparisons_eval") for l in (copy / "labels" / "build" / f"{f}.jsonl").open()]
-    assert sum(p["chosen"][0]["content"] in {r["reply"] for r in rewritten} for p in pairs) >= 6
+    assert sum(p["chosen"][0]["content"] in {r["reply"] for r in rewritten} for p in pairs) >= done
 
     again = chatsmith("run", DEMO, "--out", copy, *TINY, labels, "stages.ppo.max_steps=1")  # nothing new: nothing runs
     assert again.stdout.count("done, skipped") == 4, again.stdout
 
-    # no pretrain-only town in any file a later stage reads
-    for path in [*(copy / "data").glob("*.jsonl"), *(copy / "labels").rglob("*.jsonl"), *(copy / "labels").rglob("*.json")]:
-        if path.name in ("pretrain.jsonl", "eval_prompts.jsonl"):
-            continue  # what pretraining reads, and the held-out test prompts
-        assert not world.mentions_pretrain_only(path.read_text()), path
+    assert not leaks(copy, world)  # the loop carried no pretrain-only town into any file the run wrote
+
+
+LEAK_EXCEPTIONS = ("eval_prompts", "eval_answers", "report.md", "tokenizer.json", "vocab.json", "merges.txt")
+"""What may name a pretrain-only town: the held-out prompts and the answers to them, the report and the arena (which
+quote test prompts), the pretraining corpus, and a trained tokenizer's vocabulary (learnt from pretraining text)."""
+
+
+def leaks(run_dir, world) -> dict:
+    """{file: how many times it names a pretrain-only town} for every file the run wrote but the exceptions."""
+    import re
+
+    pattern = re.compile(rb"\b(" + b"|".join(re.escape(n.encode()) for n in world.pretrain_only_names()) + rb")\b")
+    found = {}
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(run_dir)
+        if relative.parts[0] == "arena" or relative.as_posix() == "data/pretrain.jsonl" or path.name.startswith(LEAK_EXCEPTIONS):
+            continue
+        hits = len(pattern.findall(path.read_bytes()))
+        if hits:
+            found[str(relative)] = hits
+    return found
+
+
+def test_no_file_the_run_wrote_names_a_pretrain_only_town(run_dir):
+    """Every file of the run directory is scanned (labels, data, every stage's checkpoint, metrics and logs), but the
+    exceptions that hold pretrain-only towns by design; those do name them, so the scan can see a name."""
+    from pipeline.demo.world import World
+    from pipeline.recipe import load_recipe
+
+    world = World.build(load_recipe(run_dir / "recipe.yaml").data.world)
+    assert not leaks(run_dir, world)
+    scanned = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert {"sft_train.jsonl", "comparisons_train.jsonl", "label_studio_export.json", "model.safetensors",
+            "metrics.jsonl", "eval_pairs.jsonl", "tasks.jsonl"} <= {p.name for p in scanned}
+    for expected in (run_dir / "data" / "pretrain.jsonl", run_dir / "data" / "eval_prompts.jsonl", run_dir / "sft" / "eval_answers.jsonl"):
+        assert world.mentions_pretrain_only(expected.read_text()), expected
 
 
 def test_same_recipe_and_seed_give_identical_figures(run_dir, tmp_path):

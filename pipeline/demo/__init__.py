@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.data import DATASETS, cache_root
-from pipeline.demo.world import TIE_WINDOW, World
+from pipeline.demo.world import World
 from stages.checkpoint import sha256_path
 from stages.common import write_json_atomic, write_jsonl
 
@@ -103,6 +103,12 @@ class Demo:
         write_json_atomic(stamp, {"sft_sha256": sft_sha, "data_sha256": data_sha, "seconds": round(time.perf_counter() - started, 1),
                                   "ingest": result["ingest"], "build": {k: v for k, v in result["build"].items() if k != "paths"}})
 
+    def split_group(self, question: str) -> str | None:
+        """The fact a question asks (`town/attribute`): the demo's comparisons are held out by fact, so the reward
+        model's held-out accuracy is on facts no training comparison asks in another phrasing."""
+        fact = self.world.question_fact(question)
+        return f"{fact[0].name}/{fact[1]}" if fact else None
+
     def judges(self) -> dict:
         """The judges the demo adds to the run's evaluation: the gold judge."""
         return {"gold": self.world.gold}
@@ -115,33 +121,24 @@ class Demo:
         return self.world.gold
 
     def reward_figures(self, pairs: list[dict], chosen: list[float], rejected: list[float], clusters: list) -> dict:
-        """The reward model against the gold judge on the held-out comparisons: on the pairs gold does not tie
-        (scores more than TIE_WINDOW apart), how often the reward model orders them as gold does
-        (`pairwise_accuracy_gold`) and how often the labels did (`label_gold_agreement`), with 95% CIs by prompt.
-        The reward model learns the labels, so it should sit near or below the labels' agreement with gold."""
+        """The reward model and the labels against the gold judge on the held-out comparisons, on the pairs gold does
+        not tie (`labelers.gold_agreement`): how often the labels' chosen reply is gold's better one
+        (`label_gold_agreement`, the demo's one label–gold agreement) and how often the reward model scores gold's
+        better one higher (`pairwise_accuracy_gold`), with 95% CIs by prompt. The reward model learns the labels,
+        so it should sit near or below the labels' agreement with gold."""
+        from pipeline.demo.labelers import gold_agreement
         from pipeline.eval.stats import mean_ci
 
-        gold = self.world.gold
-        model_agrees, labels_agree, kept = [], [], []
-        for pair, c_score, r_score, cluster in zip(pairs, chosen, rejected, clusters):
-            fact = self.world.question_fact(pair["prompt"][-1]["content"])
-            if fact is None:
-                continue
-            row = {"town": fact[0].name, "attribute": fact[1]}
-            gold_c = gold.score(row, pair["chosen"][-1]["content"])
-            gold_r = gold.score(row, pair["rejected"][-1]["content"])
-            if abs(gold_c - gold_r) <= TIE_WINDOW:
-                continue
-            gold_prefers_chosen = gold_c > gold_r
-            labels_agree.append(float(gold_prefers_chosen))  # the label says chosen > rejected
-            model_agrees.append(float((c_score > r_score) == gold_prefers_chosen))
-            kept.append(cluster)
+        decided = [gold_agreement(self.world, [pair]) for pair in pairs]
+        kept = [(d["decided"][0], c > r, cluster) for d, c, r, cluster in zip(decided, chosen, rejected, clusters) if d["pairs"]]
         if not kept:
             return {}
+        labels_agree = [label for label, _, _ in kept]
+        model_agrees = [float(higher == bool(label)) for label, higher, _ in kept]
         seed = self.run.recipe.eval.seed
         figures = {"gold_decided_pairs": len(kept)}
         for key, values in (("pairwise_accuracy_gold", model_agrees), ("label_gold_agreement", labels_agree)):
-            mean, low, high = mean_ci(values, clusters=kept, seed=seed)
+            mean, low, high = mean_ci(values, clusters=[cluster for _, _, cluster in kept], seed=seed)
             figures[key], figures[f"{key}_ci95"] = mean, [low, high]
         return figures
 

@@ -2,12 +2,13 @@
 checkpoint, the rest written by simulated imperfect models) become comparison tasks, simulated labelers
 who follow the guidelines (with the world's pleasantry bias) rank them, and their Label Studio export goes
 through `labeling` ingest and build like any labeler export. `gold_agreement` measures how often the
-labels agree with the gold judge."""
+labels agree with the gold judge (the demo's one label–gold agreement, also reported on the reward model's held-out
+pairs as `label_gold_agreement`)."""
 
 from __future__ import annotations
 
+import json
 import random
-from itertools import combinations
 from pathlib import Path
 
 from pipeline.data import build_source_comparisons
@@ -83,7 +84,8 @@ def make_comparisons(run, world: World, sft_dir: Path | None) -> dict:
     write_tasks(tasks, labels / "tasks")
     export = label_studio_export(tasks, judgments, labels / "label_studio_export.json")
     result = build_source_comparisons(run, "label-studio", export, tasks=labels / "tasks" / "tasks.jsonl")
-    agreement = gold_agreement(world, by_id, tasks, judgments)
+    built = [row for name in ("comparisons_train", "comparisons_eval") for row in read_jsonl(labels / "build" / f"{name}.jsonl")]
+    agreement = {k: v for k, v in gold_agreement(world, built).items() if k in ("pairs", "agreement")}
     write_json_atomic(labels / "gold_agreement.json", agreement)  # what the demo knows and a real run cannot
     return {**result, "gold_agreement": agreement}
 
@@ -110,37 +112,38 @@ def simulated_judgment(world: World, rng: random.Random, labeler: dict, row: dic
     }
 
 
-def gold_agreement(world: World, rows: dict[str, dict], tasks: list[dict], judgments: dict[str, list[dict]]) -> dict:
-    """How often the labels agree with the gold judge, over every candidate pair of every kept (not cancelled)
-    judgment that gold does not tie (gold scores more than TIE_WINDOW apart): `agreement`, the share where the
-    labeler ranked gold's better reply strictly higher; `labeler_ties`, the share the labeler tied."""
-    agree = tied = pairs = 0
-    for task in tasks:
-        row = rows[task["task_id"]]
-        gold = {c["id"]: world.gold.score(row, c["content"]) for c in task["candidates"]}
-        for judgment in judgments[task["task_id"]]:
-            if judgment["was_cancelled"]:
-                continue
-            rank = {cid: place for place, group in enumerate(judgment["ranking"]) for cid in group}
-            for a, b in combinations(gold, 2):
-                if abs(gold[a] - gold[b]) <= TIE_WINDOW:
-                    continue
-                better, worse = (a, b) if gold[a] > gold[b] else (b, a)
-                pairs += 1
-                agree += rank[better] < rank[worse]
-                tied += rank[better] == rank[worse]
-    return {"pairs": pairs, "agreement": agree / pairs if pairs else None, "labeler_ties": tied / pairs if pairs else None}
+def gold_agreement(world: World, pairs: list[dict]) -> dict:
+    """The demo's one label–gold agreement: over comparison pairs (`{"prompt", "chosen", "rejected"}`, as the labels
+    were built into them: labeler ties are no pair) whose two replies gold does not tie (scores more than TIE_WINDOW
+    apart), the share where the chosen reply is the one gold scores higher. `pairs` counts those pairs, `decided`
+    lists per pair whether the label agreed (1.0) or not, and `clusters` each pair's prompt, for CIs."""
+    gold = world.gold
+    decided, clusters = [], []
+    for pair in pairs:
+        fact = world.question_fact(pair["prompt"][-1]["content"])
+        if fact is None:
+            continue
+        row = {"town": fact[0].name, "attribute": fact[1]}
+        chosen, rejected = gold.score(row, pair["chosen"][-1]["content"]), gold.score(row, pair["rejected"][-1]["content"])
+        if abs(chosen - rejected) > TIE_WINDOW:
+            decided.append(float(chosen > rejected))
+            clusters.append(pair["prompt"][-1]["content"])
+    return {"pairs": len(decided), "agreement": sum(decided) / len(decided) if decided else None,
+            "decided": decided, "clusters": clusters}
 
 
 def simulated_rewrites(world: World, tasks_path: Path, export_path: Path, *, seed: int = 0) -> dict:
     """Simulated rewriters answer rewrite tasks (`chatsmith labels tasks --from-eval`): each writes the
     plain, correct answer the guidelines ask for (the careful writing the SFT writers did not do), and the
     answers go out as a Label Studio export, as a real project would deliver them. A task whose question
-    the world does not recognise is skipped, as a labeler skips a task. Returns {tasks, rewritten, export}."""
+    the world does not recognise is skipped, as a labeler skips a task. A task whose original answer names a
+    pretrain-only town is left out of the project altogether (`filtered`): the town would otherwise reach the
+    run's labels and, as a rejected original, its reward data. Returns {tasks, filtered, rewritten, export}."""
     from labeling.tasks import label_studio_writing_export
 
     rng = random.Random(seed)
-    tasks = read_jsonl(tasks_path)
+    every = read_jsonl(tasks_path)
+    tasks = [t for t in every if not world.mentions_pretrain_only(json.dumps(t, ensure_ascii=False))]
     judgments = {}
     for task in tasks:
         fact = world.question_fact(task["prompt"][-1]["content"])
@@ -150,4 +153,4 @@ def simulated_rewrites(world: World, tasks_path: Path, export_path: Path, *, see
         text = world.write_reply(rng, town.name, attribute, town.facts[attribute], "concise")
         judgments[task["task_id"]] = [{"annotator": f"rewriter-{rng.randrange(3)}", "text": text}]
     export = label_studio_writing_export(tasks, judgments, export_path)
-    return {"tasks": len(tasks), "rewritten": len(judgments), "export": str(export)}
+    return {"tasks": len(every), "filtered": len(every) - len(tasks), "rewritten": len(judgments), "export": str(export)}

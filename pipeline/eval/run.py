@@ -8,7 +8,12 @@ checkpoint:
   `stages.ppo.reward_model`) as `reward`, and whatever judges the run's data source adds (the demo's gold judge);
 - dev prompts, greedy, with the reward model's verdict (what `chatsmith labels tasks --from-eval` ranks);
 - an RL checkpoint also gets `kl_to_sft` along its own T=1 samples of the same test prompts, and every judge's score
-  as a paired difference to SFT's (`<judge>_minus_sft_<decoding>`, with its CI), SFT's answers paired by prompt id.
+  as a paired difference to SFT's (`<judge>_minus_sft_<decoding>`, with its CI), SFT's answers paired by prompt id;
+- a judge with `rates` ({name: verdict -> value, or None where the reply does not count}) gets each rate per decoding
+  with its CI (`<name>_<decoding>`), and for an RL checkpoint SFT's (`_sft`) and the paired difference
+  (`<name without _rate>_minus_sft_<decoding>`): the demo's gold judge reports fact accuracy, confident-wrong,
+  abstention and hedging rates this way;
+- `judge_version`: {judge: version} of every judge.
 CIs are bootstrap percentiles that resample clusters (`pipeline.eval.stats.cluster_of`).
 
 Writes `DIR/<stage>/eval_answers.jsonl` (one line per prompt: id, split, prompt, replies with verdicts, `greedy`,
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from pipeline.eval.answers import DECODINGS, answer, decodings_of, judge_answers, kl_to_reference, load_chat_checkpoint, means, per_prompt
 from pipeline.eval.judges import RewardModelJudge
-from pipeline.eval.stats import cluster_of, mean_ci, paired_difference_ci, split_rows
+from pipeline.eval.stats import cluster_of, mean_ci, paired_difference_ci, paired_ratio_difference_ci, ratio_ci, split_rows
 from stages.common import read_jsonl, write_json_atomic, write_jsonl
 
 ANSWERS = "eval_answers.jsonl"
@@ -55,6 +60,8 @@ def evaluate_chat_stage(run, name: str, checkpoint: Path, *, reference: Path | N
     clusters = [cluster_of(r) for r in test]
     for key, values in score_lists(records).items():
         figures[f"{key}_ci95"] = list(mean_ci(values, clusters=clusters, seed=settings.seed)[1:])
+    figures.update(rate_figures(records, judges, clusters, seed=settings.seed))
+    figures["judge_version"] = {name: str(judge.version) for name, judge in judges.items()}
     if reference is not None:
         figures.update(against_sft(run, Path(reference), model, tokenizer, records, test, clusters, common))
     dev_records = answer(model, tokenizer, dev, decodings=("greedy",), **common) if dev else []
@@ -99,18 +106,52 @@ def against_sft(run, sft_dir: Path, model, tokenizer, records, test, clusters, c
     reference, reference_tokenizer, _ = load_chat_checkpoint(sft_dir)
     kl = kl_to_reference(model, reference, tokenizer, test, stop_ids=common["stop_ids"],
                          max_new_tokens=common["max_new_tokens"], batch_size=common["batch_size"], seed=common["seed"] + 17)
-    figures = {"kl_to_sft": sum(kl) / len(kl), "kl_to_sft_ci95": list(mean_ci(kl, clusters=clusters)[1:])}
+    seed = run.recipe.eval.seed
+    figures = {"kl_to_sft": sum(kl) / len(kl), "kl_to_sft_ci95": list(mean_ci(kl, clusters=clusters, seed=seed)[1:])}
     sft_records = sft_test_records(sft_dir, [str(r.get("id", i)) for i, r in enumerate(test)])
     if sft_records is None:  # a policy from outside the run: answer with it now
         sft_records = answer(reference, reference_tokenizer, test, **common)
-    judge_answers(sft_records, test, run_judges(run))
+    judges = run_judges(run)
+    judge_answers(sft_records, test, judges)
     ours, theirs = score_lists(records), score_lists(sft_records)
     for key in sorted(ours.keys() & theirs.keys()):  # sorted: a set's order changes with PYTHONHASHSEED
         figures[f"{key}_sft"] = sum(theirs[key]) / len(theirs[key])
         judge, _, decoding = key.partition("_score_")
-        diff, low, high = paired_difference_ci(ours[key], theirs[key], clusters=clusters)
+        diff, low, high = paired_difference_ci(ours[key], theirs[key], clusters=clusters, seed=seed)
         figures[f"{judge}_minus_sft_{decoding}"] = diff
         figures[f"{judge}_minus_sft_{decoding}_ci95"] = [low, high]
+    ours, theirs = rate_parts(records, judges), rate_parts(sft_records, judges)
+    for (name, decoding), (num, den) in ours.items():
+        sft_num, sft_den = theirs[name, decoding]
+        sft_rate = ratio_ci(sft_num, sft_den, clusters=clusters, seed=seed)
+        paired = paired_ratio_difference_ci(num, den, sft_num, sft_den, clusters=clusters, seed=seed)
+        short = name.replace("_rate", "")
+        figures[f"{name}_{decoding}_sft"] = sft_rate[0] if sft_rate else None
+        figures[f"{short}_minus_sft_{decoding}"] = paired[0] if paired else None
+        figures[f"{short}_minus_sft_{decoding}_ci95"] = list(paired[1:]) if paired else None
+    return figures
+
+
+def rate_parts(records: list[dict], judges: dict) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """(rate name, decoding) -> per prompt, (the sum of the rate's values over the decoding's samples, how many samples
+    count), for every `rates` of every judge."""
+    parts = {}
+    for judge_name, judge in judges.items():
+        for name, rate in getattr(judge, "rates", {}).items():
+            for decoding in decodings_of(records):
+                values = [[rate(s["verdicts"][judge_name]) for s in r[decoding]] for r in records]
+                parts[name, decoding] = ([float(sum(v for v in vs if v is not None)) for vs in values],
+                                         [float(sum(v is not None for v in vs)) for vs in values])
+    return parts
+
+
+def rate_figures(records: list[dict], judges: dict, clusters: list, *, seed: int) -> dict:
+    """`<rate>_<decoding>` and its `_ci95` (cluster bootstrap of the ratio) for every rate of every judge."""
+    figures = {}
+    for (name, decoding), (num, den) in rate_parts(records, judges).items():
+        rate = ratio_ci(num, den, clusters=clusters, seed=seed)
+        figures[f"{name}_{decoding}"] = rate[0] if rate else None
+        figures[f"{name}_{decoding}_ci95"] = list(rate[1:]) if rate else None
     return figures
 
 

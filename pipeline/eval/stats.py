@@ -6,6 +6,8 @@ confidence intervals (bootstrap over items or clusters, and over seeds).
 
     mean_ci(values, clusters=facts)              -> (mean, lo, hi)   95% percentile bootstrap
     paired_difference_ci(ppo, sft, clusters=...) -> (diff, lo, hi)   PPO - SFT on the same prompts
+    ratio_ci(num, den, clusters=...)             -> (rate, lo, hi)   a rate over what counts (e.g. hedged among correct)
+    paired_ratio_difference_ci(...)              -> (diff, lo, hi)   two such rates on the same prompts
     across_seeds([0.61, 0.64, 0.59])             -> {"mean", "std", "min", "max", "n", "ci95"}
 
 `clusters` is one key per item (`cluster_of`: the demo's rows carry their fact): the same fact asked in
@@ -94,6 +96,43 @@ def paired_difference_ci(a, b, *, clusters: Sequence[Hashable] | None = None, ro
     return mean_ci(a - b, clusters=clusters, rounds=rounds, seed=seed, level=level)
 
 
+def _ratio_draws(numerators, denominators, codes: np.ndarray, *, rounds: int, seed: int) -> tuple[float, np.ndarray]:
+    """(sum(numerators) / sum(denominators), the same ratio in each bootstrap round over clusters)."""
+    n_clusters = int(codes.max()) + 1
+    nums = np.bincount(codes, weights=numerators, minlength=n_clusters)
+    dens = np.bincount(codes, weights=denominators, minlength=n_clusters)
+    draws = cluster_draws(n_clusters, rounds=rounds, seed=seed).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(nums.sum() / dens.sum()), (draws @ nums) / (draws @ dens)
+
+
+def ratio_ci(numerators, denominators, *, clusters: Sequence[Hashable] | None = None, rounds: int = 1000, seed: int = 0,
+             level: float = LEVEL) -> tuple[float, float, float] | None:
+    """(sum(numerators) / sum(denominators), lo, hi): a rate over items that each count `denominators[i]` times (a
+    prompt's samples, or only its correct ones), with a cluster bootstrap interval. None when nothing counts."""
+    num, den = _as_array(numerators, "numerators"), _as_array(denominators, "denominators")
+    if den.sum() <= 0:
+        return None
+    point, samples = _ratio_draws(num, den, cluster_codes(clusters, num.size), rounds=rounds, seed=seed)
+    lo, hi = percentile_interval(samples[np.isfinite(samples)], level)
+    return point, lo, hi
+
+
+def paired_ratio_difference_ci(num_a, den_a, num_b, den_b, *, clusters: Sequence[Hashable] | None = None,
+                               rounds: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float, float] | None:
+    """(rate_a - rate_b, lo, hi) for two rates over the same items (PPO's and SFT's on the same prompts): each round
+    draws the same clusters for both. None when either counts nothing."""
+    arrays = [_as_array(x, "rate parts") for x in (num_a, den_a, num_b, den_b)]
+    if arrays[1].sum() <= 0 or arrays[3].sum() <= 0:
+        return None
+    codes = cluster_codes(clusters, arrays[0].size)
+    point_a, a = _ratio_draws(arrays[0], arrays[1], codes, rounds=rounds, seed=seed)
+    point_b, b = _ratio_draws(arrays[2], arrays[3], codes, rounds=rounds, seed=seed)
+    differences = a - b
+    lo, hi = percentile_interval(differences[np.isfinite(differences)], level)
+    return point_a - point_b, lo, hi
+
+
 # ------------------------------------------------------------------------------------ across seeds
 
 
@@ -177,5 +216,5 @@ def cluster_of(row: Mapping) -> str:
     return str(row["cluster"]) if row.get("cluster") is not None else prompt_key(row)
 
 
-__all__ = ["split_of", "split_rows", "cluster_of", "prompt_key", "mean_ci", "paired_difference_ci", "across_seeds", "t_quantile", "cluster_codes", "cluster_draws",
+__all__ = ["split_of", "split_rows", "cluster_of", "prompt_key", "mean_ci", "ratio_ci", "paired_ratio_difference_ci", "paired_difference_ci", "across_seeds", "t_quantile", "cluster_codes", "cluster_draws",
            "percentile_interval"]

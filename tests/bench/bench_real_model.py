@@ -47,8 +47,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import real_data  # noqa: E402  (stdlib only at module level)
-from real_model import default_model_dir  # noqa: E402
+from real_model import default_model_dir, write_readme_block  # noqa: E402
 
+README_BLOCK = "real-model-bench"
 RESULTS = HERE / "real_model.json"
 ROWS = ("sft", "reward", "generation", "ppo")
 
@@ -119,6 +120,7 @@ def build_assets(root: Path, model_dir: Path, hh_path: Path, oa_path: Path) -> d
     paths = {"policy": root / "policy", "reward": root / "reward"}
     policy.save_pretrained(paths["policy"])
     tokenizer.save_pretrained(paths["policy"])
+    (root / "policy_parameters.json").write_text(json.dumps({"parameters": sum(p.numel() for p in policy.parameters())}))
     write_chat_format(paths["policy"], chat_format)
     del policy
     torch.manual_seed(SEED)
@@ -162,9 +164,9 @@ def build_assets(root: Path, model_dir: Path, hh_path: Path, oa_path: Path) -> d
 # ------------------------------------------------------------------------------------------ SFT
 
 
-def sft_stage_run(assets: dict, out: Path, *, steps: int, record: dict | None):
-    """The SFT stage for `steps` steps; returns (step times, batches): each training forward's start time and
-    its inputs, recorded at the model (the batches TRL built, for the bare loop)."""
+def sft_stage_run(assets: dict, out: Path, *, steps: int, record: bool):
+    """The SFT stage for `steps` steps; returns (step times, batches): each training forward's start time and, with
+    `record`, its inputs, recorded at the model (the batches TRL built, for the bare loop)."""
     import torch
 
     from stages import sft
@@ -179,7 +181,7 @@ def sft_stage_run(assets: dict, out: Path, *, steps: int, record: dict | None):
         def hook(module, args, kwargs):
             if module.training and torch.is_grad_enabled():
                 stamps.append(time.perf_counter())
-                if record is not None:
+                if record:
                     batches.append({k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)})
 
         model.register_forward_pre_hook(hook, with_kwargs=True)
@@ -228,7 +230,7 @@ def bench_sft(assets: dict, root: Path, repeats: int) -> dict:
     batches = None
     for repeat in range(repeats):
         peak_rss_reset()
-        stamps, recorded = sft_stage_run(assets, root / f"sft-{repeat}", steps=SFT_STEPS, record={} if batches is None else None)
+        stamps, recorded = sft_stage_run(assets, root / f"sft-{repeat}", steps=SFT_STEPS, record=batches is None)
         rss_ours.append(peak_rss_mb())
         batches = batches or recorded
         # The stage ends after its last forward (backward, step, save): that step has no end stamp and is not counted.
@@ -433,6 +435,19 @@ def steady(ends: list[float], updates: int, name: str) -> list[float]:
     return intervals[: max(1, len(intervals) - 1)]  # updates 2 .. N-1
 
 
+def ppo_matmul_flops(prompt: float, reply: float, *, body: int, head: int, epochs: int) -> dict:
+    """Matmul FLOPs of one update per sequence of `prompt` + `reply` tokens (2 per multiply-add, backward twice the
+    forward; attention and element-wise work left out), for chatsmith, whose policy applies its output layer (`head`
+    multiply-adds a token) to the reply's tokens only, and TRL 1.12, whose policy and reference apply it to every
+    token. Everything else is the same work on both sides: generation, the value, reward and reference bodies, and
+    the training passes of policy and value."""
+    tokens = prompt + reply
+    generation = 2 * (tokens * body + reply * head)
+    ours = generation + 2 * (2 * tokens * body + tokens * body + reply * head) + epochs * 6 * (2 * tokens * body + reply * head)
+    theirs = generation + 2 * (3 * tokens * body + tokens * head) + epochs * 6 * (2 * tokens * body + tokens * head)
+    return {"chatsmith": ours, "trl": theirs, "ratio": theirs / ours}
+
+
 def bench_ppo(root: Path, repeats: int, threads: int) -> dict:
     from bench_ppo_vs_trl import ensure_trl_venv
 
@@ -455,7 +470,8 @@ def bench_ppo(root: Path, repeats: int, threads: int) -> dict:
         updates = [r for r in rows if r["step"] >= 1 and "time_train_s" in r]
         split = {k: statistics.mean(r[f"time_{k}_s"] for r in updates[1:-1] or updates) for k in ("generate", "score", "train")}
         times = steady([r["time_s"] for r in updates], PPO_UPDATES, "chatsmith")
-        results["chatsmith"].append({"s_per_update": statistics.mean(times), "wall_s": wall, "peak_rss_mb": rss, "split": split})
+        results["chatsmith"].append({"s_per_update": statistics.mean(times), "wall_s": wall, "peak_rss_mb": rss, "split": split,
+                                     "reply_length": statistics.mean(r["reply_length"] for r in updates)})
         out = root / f"ppo-trl-{repeat}"
         out.mkdir()
         wall, rss = run_child([trl_python, str(Path(__file__).resolve()), "--child", "trl", "--assets", str(root), "--out", str(out)],
@@ -469,7 +485,14 @@ def bench_ppo(root: Path, repeats: int, threads: int) -> dict:
     ours = [r["s_per_update"] for r in results["chatsmith"]]
     theirs = [r["s_per_update"] for r in results["trl"]]
     split = {k: statistics.median(r["split"][k] for r in results["chatsmith"]) for k in ("generate", "score", "train")}
-    return {"chatsmith": statistics.median(ours), "reference": statistics.median(theirs), "runs_chatsmith": ours,
+    config = json.loads((root / "policy" / "config.json").read_text())
+    head = config["vocab_size"] * config["hidden_size"]
+    body = int(json.loads((root / "policy_parameters.json").read_text())["parameters"]) - head
+    prompt_tokens = statistics.mean(len(p) for p in json.loads((root / "prompt_ids.json").read_text()))
+    reply_tokens = statistics.median(r["reply_length"] for r in results["chatsmith"])
+    flops = ppo_matmul_flops(prompt_tokens, reply_tokens, body=body, head=head, epochs=PPO_EPOCHS)
+    return {"flops_per_sequence": flops, "prompt_tokens_mean": prompt_tokens, "reply_tokens_mean": reply_tokens,
+            "chatsmith": statistics.median(ours), "reference": statistics.median(theirs), "runs_chatsmith": ours,
             "runs_reference": theirs, "ratio": statistics.median(theirs) / statistics.median(ours),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results["chatsmith"]),
             "peak_rss_mb_reference": max(r["peak_rss_mb"] for r in results["trl"]),
@@ -496,8 +519,8 @@ def profile_row(name: str, assets: dict, root: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if name == "sft":
-        _, batches = sft_stage_run(assets, root / "sft-profile-record", steps=3, record={})
-        sides = {"SFT stage (3 steps)": lambda: sft_stage_run(assets, root / "sft-profile", steps=3, record=None),
+        _, batches = sft_stage_run(assets, root / "sft-profile-record", steps=3, record=True)
+        sides = {"SFT stage (3 steps)": lambda: sft_stage_run(assets, root / "sft-profile", steps=3, record=False),
                  "bare loop (the same 3 batches)": lambda: sft_bare_run(assets, batches[:3])}
     elif name == "reward":
         from stages.rlhf.reward import score_pairs
@@ -582,7 +605,10 @@ def markdown(figures: dict) -> str:
         lines += ["", "chatsmith's PPO update, split: " + ", ".join(
             f"{label} {split[k]:.1f} s ({100 * split[k] / total:.0f}%)" for k, label in
             (("generate", "generation"), ("score", "scoring (reference, value and reward passes)"), ("train", "training passes")))
-            + f"; whole process {rows['ppo']['wall_s']:.0f} s (TRL {rows['ppo']['wall_s_reference']:.0f} s)."]
+            + f"; whole process {rows['ppo']['wall_s']:.0f} s (TRL {rows['ppo']['wall_s_reference']:.0f} s). Matmul work per "
+            f"update, counted from the model's shapes and the measured lengths ({rows['ppo']['prompt_tokens_mean']:.0f} prompt "
+            f"+ {rows['ppo']['reply_tokens_mean']:.0f} reply tokens a sequence): TRL's is {rows['ppo']['flops_per_sequence']['ratio']:.2f}× "
+            "chatsmith's, all of the difference its output layer over prompt tokens; the rest is the same arithmetic on both sides."]
     return "\n".join(lines)
 
 
@@ -601,12 +627,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows of {ROWS}")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the figures and the markdown block")
+    parser.add_argument("--write-readme", action="store_true", help=f"also put the markdown block into README.md ({README_BLOCK})")
+    parser.add_argument("--readme-from-json", action="store_true",
+                        help="measure nothing: put the markdown block of the --json file into README.md")
     parser.add_argument("--profile", choices=["sft", "reward", "generation"],
                         help="instead of measuring: torch.profiler's operator table of each side of this row")
     parser.add_argument("--child", choices=["trl"])
     parser.add_argument("--assets", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.readme_from_json:
+        write_readme_block(README_BLOCK, json.loads(args.json.read_text())["markdown"])
+        return
     if args.child:
         import torch
 
@@ -664,6 +696,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
         print(f"\nwrote {args.json}")
+    if args.write_readme:
+        write_readme_block(README_BLOCK, figures["markdown"])
 
 
 if __name__ == "__main__":

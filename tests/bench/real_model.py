@@ -141,6 +141,27 @@ def convert(out: Path, wheel: Path) -> None:
           f"{saved_tokenizer.decode(reply[: reply.index(eot)])!r} then {END_OF_TURN}")
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_block(name: str, text: str | None = None) -> str:
+    """The README's generated block `name` (between `<!-- name:begin -->` and `<!-- name:end -->`)."""
+    text = README.read_text() if text is None else text
+    begin, end = f"<!-- {name}:begin -->\n", f"\n<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise KeyError(f"README.md has no block {name}")
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
+def write_readme_block(name: str, markdown: str) -> None:
+    """Replace the README's block `name` with `markdown` (what the real-model scripts print), verbatim."""
+    text = README.read_text()
+    old = readme_block(name, text)
+    README.write_text(text.replace(f"<!-- {name}:begin -->\n{old}\n<!-- {name}:end -->",
+                                   f"<!-- {name}:begin -->\n{markdown}\n<!-- {name}:end -->", 1))
+    print(f"wrote the {name} block of {README}")
+
+
 FIXTURE_CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
     [{"role": "system", "content": "You answer in one sentence."},

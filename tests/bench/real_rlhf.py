@@ -39,9 +39,10 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import real_data  # noqa: E402
-from real_model import default_model_dir  # noqa: E402
+from real_model import default_model_dir, write_readme_block  # noqa: E402
 
 RECIPE = REPO / "recipes" / "smollm2-135m-hh.yaml"
+README_BLOCK = "real-rlhf"
 RESULTS = HERE / "real_rlhf.json"
 HH_EVAL_FRACTION = 0.25
 """Share of HH prompts (by opening human turn) on the test side."""
@@ -330,9 +331,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "real-rlhf")
     parser.add_argument("--full-size", action="store_true", help="the recipe's own sizes (a GPU run), no CPU overrides")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the figures and the markdown block")
+    parser.add_argument("--write-readme", action="store_true", help=f"also put the markdown block into README.md ({README_BLOCK})")
+    parser.add_argument("--readme-from-json", action="store_true",
+                        help="measure nothing: put the markdown block of the --json file into README.md")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("overrides", nargs="*", help="more key=value overrides for every stage")
     args = parser.parse_args()
+    if args.readme_from_json:
+        write_readme_block(README_BLOCK, json.loads(args.json.read_text())["markdown"])
+        return
 
     model_dir = args.model or default_model_dir()
     problems = [] if (model_dir / "model.safetensors").exists() else [
@@ -377,6 +384,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         print(f"\nwrote {args.json}")
+    if args.write_readme:
+        write_readme_block(README_BLOCK, report["markdown"])
 
 
 if __name__ == "__main__":

@@ -168,3 +168,22 @@ def test_rows_split_before_keep_their_split(tmp_path):
     assert len(eval_prompts - {"Question 0?"}) == 10  # half of the other source's prompts
     assert summary["by_source"][str(train)]["format"] == "sft-train file"
     assert summary["sft_train"] + summary["sft_eval"] == 40 and summary["duplicates"] == 1  # Question 0 twice
+
+
+def test_a_split_group_holds_out_its_prompts_together(tmp_path):
+    """`split_group` (the demo: the fact a question asks): every phrasing of one group lands on the same side, and
+    `eval_fraction` counts groups."""
+    rows = []
+    for fact in range(20):
+        for phrasing in range(3):
+            rows.append({"prompt": [{"role": "user", "content": f"q{phrasing} about fact {fact}?"}],
+                         "chosen": [{"role": "assistant", "content": "good"}], "rejected": [{"role": "assistant", "content": "bad"}]})
+    source = tmp_path / "comparisons.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    built = build(None, tmp_path / "out", comparison_files=[source], eval_fraction=0.25, seed=3,
+                  split_group=lambda question: question.split("about ")[1])
+    held = [json.loads(l) for l in (tmp_path / "out" / "comparisons_eval.jsonl").read_text().splitlines()]
+    train = [json.loads(l) for l in (tmp_path / "out" / "comparisons_train.jsonl").read_text().splitlines()]
+    fact_of = lambda row: row["prompt"][0]["content"].split("about ")[1]  # noqa: E731
+    assert {fact_of(r) for r in held}.isdisjoint({fact_of(r) for r in train})
+    assert (len({fact_of(r) for r in held}), len(held), built["comparisons_eval"]) == (5, 15, 15)  # 25% of 20 facts, x3

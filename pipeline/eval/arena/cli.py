@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 from pipeline.eval.arena import ArenaError
 from pipeline.eval.arena.battles import CHAT_TEMPERATURE, CHAT_TOP_P, generate_answers, prompt_id
 from pipeline.eval.arena.human import export_human_tasks, ingest_human
-from pipeline.eval.arena.results import arena_from_answers, ratings_markdown, write_results
+from pipeline.eval.arena.results import ROUNDS, arena_from_answers, ratings_markdown, write_results
 from pipeline.eval.judges import Judge, JudgeError, PairwiseJudge, RewardModelJudge
 from stages.common import prompt_messages, read_jsonl
 
@@ -108,7 +108,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=CHAT_TOP_P)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=100, help="bootstrap rounds (default 100)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"bootstrap rounds (default {ROUNDS})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tie-margin", type=float, default=0.0, help="a tie when the judge's two scores differ by less")
     parser.add_argument("--ingest", nargs="?", const="", default=None, metavar="EXPORT",

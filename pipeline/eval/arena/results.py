@@ -12,15 +12,23 @@ from pipeline.eval.arena.plot import plot_ratings
 from stages.common import write_json_atomic, write_jsonl
 
 
-def write_results(battles: list[Battle], out_dir: str | Path, *, rounds: int = 100, seed: int = 0,
-                  meta: Mapping | None = None, plot: bool = True) -> dict[str, dict]:
-    """Fit and write DIR/arena/{ratings.json, battles.jsonl, summary.json, ratings.png}; return the ratings."""
+ROUNDS = 1000
+"""Bootstrap rounds of the ratings' intervals."""
+
+
+def write_results(battles: list[Battle], out_dir: str | Path, *, rounds: int = ROUNDS, seed: int = 0,
+                  clusters: Mapping[str, str] | None = None, meta: Mapping | None = None, plot: bool = True) -> dict[str, dict]:
+    """Fit and write DIR/arena/{ratings.json, battles.jsonl, summary.json, ratings.png}; return the ratings. The
+    bootstrap resamples `clusters` ({prompt id: cluster}: the demo's facts, so the phrasings of one fact are one draw),
+    else prompts."""
     arena = Path(out_dir) / "arena"
-    ratings = bootstrap_ratings(battles, by="prompt", rounds=rounds, seed=seed)
+    by = (lambda battle: clusters.get(battle.prompt_id, battle.prompt_id)) if clusters else "prompt"
+    ratings = bootstrap_ratings(battles, by=by, rounds=rounds, seed=seed)
     ratings = {name: {"rating": round(r["rating"], 2), "ci95": [round(x, 2) for x in r["ci95"]]} for name, r in ratings.items()}
     write_jsonl(arena / "battles.jsonl", (asdict(b) for b in battles))
     write_json_atomic(arena / "ratings.json", ratings)
-    write_json_atomic(arena / "summary.json", {**(meta or {}), "rounds": rounds, "seed": seed, "bootstrap": "by prompt",
+    write_json_atomic(arena / "summary.json", {**(meta or {}), "rounds": rounds, "seed": seed,
+                                               "bootstrap": "by cluster (the prompt rows' `cluster`)" if clusters else "by prompt",
                                                "scale": SCALE, "base": BASE, "anchor": f"mean {ANCHOR:g}",
                                                **battle_stats(battles)})
     if plot:
@@ -29,16 +37,21 @@ def write_results(battles: list[Battle], out_dir: str | Path, *, rounds: int = 1
 
 
 def arena_from_answers(answers: Mapping[str, Mapping[str, Sequence[str] | str]], prompt_rows: Sequence[Mapping],
-                       judge: Callable[[Mapping, str, str], str], out_dir: str | Path, *, rounds: int = 100,
+                       judge: Callable[[Mapping, str, str], str], out_dir: str | Path, *, rounds: int = ROUNDS,
                        seed: int = 0, judge_name: str | None = None, plot: bool = True) -> dict[str, dict]:
     """The arena on answers already generated (the runner's evaluation answers): battles, ratings,
-    files under `out_dir/arena/`. Returns {checkpoint: {"rating", "ci95"}} as written to ratings.json."""
+    files under `out_dir/arena/`. The bootstrap resamples the rows' clusters (`pipeline.eval.stats.cluster_of`: the
+    demo's facts; the prompt otherwise). Returns {checkpoint: {"rating", "ci95"}} as written to ratings.json."""
+    from pipeline.eval.arena.battles import prompt_id
+    from pipeline.eval.stats import cluster_of
+
     battles = play_battles(answers, prompt_rows, judge)
     write_jsonl(Path(out_dir) / "arena" / "answers.jsonl",
                 ({"checkpoint": name, "prompt_id": pid, "samples": samples_of(texts)}
                  for name, per_prompt in answers.items() for pid, texts in per_prompt.items()))
     name = judge_name or getattr(judge, "name", None) or type(judge).__name__
-    return write_results(battles, out_dir, rounds=rounds, seed=seed, plot=plot,
+    clusters = {prompt_id(row, i): cluster_of(row) for i, row in enumerate(prompt_rows)}
+    return write_results(battles, out_dir, rounds=rounds, seed=seed, plot=plot, clusters=clusters,
                          meta={"judge": name, "checkpoints": list(answers)})
 
 
