@@ -56,7 +56,7 @@ class FilesSource:
         data = self.run.recipe.data
         for key in ("prompts", "eval_prompts"):
             if getattr(data, key):
-                write_jsonl(self.run.data_path(f"{key}.jsonl"), _rows(f"data.{key}", getattr(data, key), data.max_bad_fraction))
+                normalise(f"data.{key}", getattr(data, key), self.run.data_path(f"{key}.jsonl"), data.max_bad_fraction, self.run.say)
 
     def pretrain_sources(self) -> list:
         return list(self.run.recipe.data.pretrain_text or [])
@@ -155,12 +155,35 @@ def materialise_data(run) -> None:
     write_json_atomic(stamp, {"config_sha256": sha, "source": data.source})
 
 
-def _rows(key: str, sources, max_bad_fraction: float):
-    for source in sources:
-        try:
-            yield from read_records(source, max_bad_fraction=max_bad_fraction)
-        except DataError as error:
-            raise DataError(f"{key}: {error}") from None
+def normalise(key: str, sources, path: Path, max_bad_fraction: float, say=print) -> dict:
+    """The usable records of the recipe's `key` sources -> `path` (JSONL, each record in its checked form); every
+    record that cannot be used -> `path` with `.rejected.jsonl`, one line each with the user's file and line
+    (`where`) and why (`reason`), as a labeler export's bad records are set aside. Returns {"read", "accepted",
+    "rejected"}, with read == accepted + rejected. More than `max_bad_fraction` of a source's records unusable is a
+    `DataError` naming the key and the file (preflight refuses such a source before any work)."""
+    from stages.data.sources import ReadCounts
+
+    rejected: list = []
+    accepted = 0
+
+    def rows():
+        nonlocal accepted
+        for source in sources:
+            try:
+                for record in read_records(source, max_bad_fraction=max_bad_fraction, counts=ReadCounts(rejected=rejected)):
+                    accepted += 1
+                    yield record
+            except DataError as error:
+                raise DataError(f"{key}: {error}") from None
+
+    write_jsonl(path, rows())
+    rejected_path = path.with_name(path.name.removesuffix(".jsonl") + ".rejected.jsonl")
+    write_jsonl(rejected_path, ({"where": bad.where, "reason": bad.reason} for bad in rejected))
+    summary = {"read": accepted + len(rejected), "accepted": accepted, "rejected": len(rejected)}
+    if rejected:
+        say(f"data: {key}: {len(rejected)} of {summary['read']} records set aside in {rejected_path} "
+            f"(first: {rejected[0]})")
+    return summary
 
 
 USER_INGEST = "user-ingest"
@@ -201,7 +224,7 @@ def _user_files(run, *, write: bool = True) -> dict[str, list[str]]:
         for number, source in enumerate(getattr(data, key) or []):
             path = sources / f"{key}-{number}.jsonl"
             if write:
-                write_jsonl(path, _rows(f"data.{key}", [source], data.max_bad_fraction))
+                normalise(f"data.{key}", [source], path, data.max_bad_fraction, run.say)
             files[key].append(str(path))
     return files
 

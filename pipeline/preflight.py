@@ -57,33 +57,42 @@ def _sources(recipe, stages: list[str]) -> list[Problem]:
     problems = []
     for key in [*keys, "eval_prompts"]:
         for index, source in enumerate(getattr(data, key) or []):
-            problems += _source(f"data.{key}" + (f"[{index}]" if len(getattr(data, key)) > 1 else ""), source)
+            problems += _source(f"data.{key}" + (f"[{index}]" if len(getattr(data, key)) > 1 else ""), source,
+                                data.max_bad_fraction)
     return problems
 
 
-def _source(key: str, source) -> list[Problem]:
-    """The source's files exist and its first records are usable in its format."""
+def _source(key: str, source, max_bad_fraction: float) -> list[Problem]:
+    """The source's files exist and its records are usable in its format: every record of SFT conversations,
+    comparisons and prompts (a run sets the bad ones aside, and stops past `data.max_bad_fraction`: refused here,
+    before any work); the first records of pretraining text (a corpus may be many GB: tokenizing checks the rest)."""
     from stages.data.sources import Bad, DataError, WHOLE_FILES, plan_parts, read_part, source_files
 
+    sample = SAMPLE_RECORDS if source.kind == "text" else None
     try:
         files = source_files(source)
         if not files:
             return [Problem(key, "matches no file", ", ".join(source.paths))]
         bad, good, first_bad = 0, 0, None
-        for part in plan_parts(files[:1], part_bytes=WHOLE_FILES):
+        for part in plan_parts(files if sample is None else files[:1], part_bytes=WHOLE_FILES):
             for record in read_part(source, part):
                 if isinstance(record, Bad):
                     bad, first_bad = bad + 1, first_bad or record
                 else:
                     good += 1
-                if good + bad >= SAMPLE_RECORDS:
+                if sample is not None and good + bad >= sample:
                     break
-            break
+            if sample is not None:
+                break
     except DataError as error:
         return [Problem(key, str(error))]
+    reason = f"{first_bad.where}: {first_bad.reason}" if first_bad else "no records"
     if good == 0:
-        reason = f"{first_bad.where}: {first_bad.reason}" if first_bad else "no records"
-        return [Problem(key, f"none of the first {bad} records is usable ({reason})", files[0].path)]
+        which = f"the first {bad}" if sample is not None else f"the {bad}"
+        return [Problem(key, f"none of {which} records is usable ({reason})", files[0].path)]
+    if sample is None and bad > max_bad_fraction * (good + bad):
+        return [Problem(key, f"{bad} of {good + bad} records unusable ({bad / (good + bad):.1%} > data.max_bad_fraction "
+                             f"{max_bad_fraction:.1%}); first: {reason}", files[0].path)]
     return []
 
 

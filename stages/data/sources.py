@@ -233,6 +233,10 @@ def _as_record(source: Source, where, row):
         return Bad(where(), f"{source.text_field!r} is {type_name(text)}, not a string")
     if source.kind == "conversations":
         return normalise_conversation(row, where)
+    if source.kind == "comparisons":
+        return check_comparison(row, where)
+    if source.kind == "prompts":
+        return check_prompt(row, where)
     return row
 
 
@@ -244,11 +248,15 @@ class ReadCounts:
     bad: int = 0
     empty: int = 0
     first_bad: list[str] = field(default_factory=list)
+    rejected: Optional[list] = None
+    """Every skipped record (`Bad`: where and why) when a list is given: what the run sets aside on file."""
 
     def add_bad(self, bad: Bad) -> None:
         self.bad += 1
         if len(self.first_bad) < 3:
             self.first_bad.append(str(bad))
+        if self.rejected is not None:
+            self.rejected.append(bad)
 
     def merge(self, other: "ReadCounts") -> None:
         self.records, self.bad, self.empty = self.records + other.records, self.bad + other.bad, self.empty + other.empty
@@ -353,6 +361,52 @@ def normalise_conversation(row: dict, where) -> Union[dict, Bad]:
     return Bad(where(), f"no 'messages', 'conversations' or 'instruction'/'output' field (fields: {fields})")
 
 
+def _messages_problem(value, name: str, default_role: str) -> Optional[str]:
+    """Why `value` is neither a string nor a non-empty list of {role, content: string} messages (None when it is)."""
+    if isinstance(value, str):
+        return None
+    if not isinstance(value, list) or not value:
+        return f"{name!r} is {type_name(value)}, not a string or a non-empty list of messages"
+    for index, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            return f"{name}[{index}] is {type_name(turn)}, not an object"
+        if turn.get("role", default_role) not in _ROLES:
+            return f"{name}[{index}].role is {turn.get('role')!r}, not one of {', '.join(_ROLES)}"
+        if not isinstance(turn.get("content"), str):
+            return f"{name}[{index}].content is {type_name(turn.get('content'))}, not a string"
+    return None
+
+
+def check_comparison(row: dict, where) -> Union[dict, Bad]:
+    """A comparison `{"prompt", "chosen", "rejected"[, "margin"]}` (each a string or messages), else a `Bad`."""
+    missing = [key for key in ("prompt", "chosen", "rejected") if key not in row]
+    if missing:
+        return Bad(where(), f"no {', '.join(repr(k) for k in missing)} field (fields: {', '.join(list(row)[:8])})")
+    for key, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
+        problem = _messages_problem(row[key], key, role)
+        if problem:
+            return Bad(where(), problem)
+    margin = row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        return Bad(where(), f"'margin' is {type_name(margin)}, not a number")
+    return row
+
+
+def check_prompt(row: dict, where) -> Union[dict, Bad]:
+    """A prompt `{"prompt": str | messages}` or `{"messages": [...]}` with a user turn, else a `Bad`."""
+    key = "prompt" if "prompt" in row else "messages" if "messages" in row else None
+    if key is None:
+        return Bad(where(), f"no 'prompt' or 'messages' field (fields: {', '.join(list(row)[:8])})")
+    problem = _messages_problem(row[key], key, "user")
+    if problem:
+        return Bad(where(), problem)
+    if isinstance(row[key], list) and not any(turn.get("role", "user") == "user" for turn in row[key]):
+        return Bad(where(), f"{key!r} has no user turn")
+    if row.get("split") is not None and row["split"] not in ("dev", "test"):
+        return Bad(where(), f"'split' is {row['split']!r}, not dev or test")
+    return row
+
+
 def _check_turns(turns, name: str, role_key: str, text_key: str, roles: dict, where) -> Union[dict, Bad]:
     if not isinstance(turns, list) or not turns:
         return Bad(where(), f"{name!r} is {type_name(turns)}, not a non-empty list of turns")
@@ -367,6 +421,8 @@ def _check_turns(turns, name: str, role_key: str, text_key: str, roles: dict, wh
         if not isinstance(turn.get(text_key), str):
             return Bad(where(), f"{name}[{index}].{text_key} is {type_name(turn.get(text_key))}, not a string")
         messages.append({"role": role, "content": turn[text_key]})
-    if not any(m["role"] == "assistant" for m in messages):
-        return Bad(where(), f"{name!r} has no assistant turn")
+    if messages[-1]["role"] != "assistant":
+        return Bad(where(), f"{name!r} does not end with an assistant turn (the reply SFT learns)")
+    if not any(m["role"] == "user" for m in messages):
+        return Bad(where(), f"{name!r} has no user turn")
     return {"messages": messages}

@@ -208,7 +208,7 @@ def test_conversation_shapes_are_normalised_to_messages(tmp_path, write_rows):
      "conversations[1].from is 'robot', not one of"),
     ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 5}]},
      "messages[1].content is a number, not a string"),
-    ({"messages": [{"role": "user", "content": "Hi"}]}, "'messages' has no assistant turn"),
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "'messages' does not end with an assistant turn"),
     ({"messages": "Hi"}, "'messages' is a string, not a non-empty list of turns"),
     ({"instruction": "Add", "output": ["4"]}, "'output' is a list, not a string"),
     ({"prompt": "Hi", "answer": "Hello"}, "no 'messages', 'conversations' or 'instruction'/'output' field (fields: prompt, answer)"),
