@@ -301,6 +301,7 @@ class World:
                     "id": f"eval-{split}-{town.name}-{attribute}-{j}", "split": split,
                     "prompt": EVAL_QUESTIONS[attribute][j].format(t=town.name), "town": town.name, "attribute": attribute,
                     "seen": town.in_sft, "pair_unseen": not town.asked(attribute), "cluster": f"{town.name}/{attribute}",
+                    "truth": town.facts[attribute],
                 })
         rng.shuffle(rows)
         return rows

@@ -282,6 +282,13 @@ def test_arena_battles_round_trip(server, token_env, tmp_path):
     battles_again, again = _arena_module().ingest_human(ls.pull_arena(run, server.url, pushed["project_id"]), run)
     assert (again["accepted"], len(battles_again)) == (summary["accepted"], len(battles))
     _check_fixture("arena", export, tasks_dir)
+    # the CLI's way: `chatsmith arena --ingest --label-studio URL --out RUN` pulls the same verdicts and rates them
+    from pipeline.eval.arena import cli
+
+    assert cli.main(["--ingest", "--label-studio", server.url, "--out", str(run), "--rounds", "50"]) == 0
+    ratings = json.loads((run / "arena" / "ratings.json").read_text())
+    assert set(ratings) == {"sft", "ppo"}
+    assert json.loads((run / "arena" / "summary.json").read_text())["battles"] == len(battles)
 
 
 def test_snapshot_export_names_the_annotators(server, token_env, tmp_path):
