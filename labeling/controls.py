@@ -36,7 +36,6 @@ batch of K.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -46,6 +45,7 @@ from typing import Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
+from labeling.readers import json_objects
 from labeling.schema import Candidate, ComparisonTask, Message, _canonical, as_task, candidate_ids, guideline_version
 
 DEFAULT_CONTROL_RATE = 0.05
@@ -139,21 +139,14 @@ def read_controls(path: str | os.PathLike) -> list[ComparisonTask]:
     if not path.is_file():
         raise ControlsError(f"--controls {path}: no such file")
     controls = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ControlsError(f"{where}: not JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise ControlsError(f"{where}: expected a JSON object")
+    try:
+        for where, row in json_objects(path):
             try:
                 controls.append(_control_from_row(row))
             except ControlsError as err:
                 raise ControlsError(f"{where}: {err}") from None
+    except ValueError as err:  # a line that is not a JSON object: json_objects names it
+        raise ControlsError(str(err)) from None
     if not controls:
         raise ControlsError(f"--controls {path}: the file has no controls")
     return controls
