@@ -310,6 +310,9 @@ class PPOConfig(OnlineRLCommon):
     score (needs a gold judge: the demo world's own held-out prompts), by the reward model's score (which the
     policy optimises: it favours the most over-optimised), or by the held-out reward model's
     (`stages.reward.holdout_fraction` > 0; for real runs)."""
+    keep_updates: bool = False
+    """Also write the policy of every monitor evaluation (each `eval_steps` update and the last) as a loadable
+    checkpoint, `DIR/ppo/updates/update-N/`, to judge each one afterwards (`make demo-overopt`)."""
     logprobs_from_generation: bool = True
     """Take the rollout log-probs from the logits `generate` already computed (saves one policy
     forward per update). Turn off under bf16, where KV-cached and full-forward logits differ enough

@@ -241,6 +241,26 @@ def test_stage_writes_checkpoint_metrics_and_eval(heron_world, tmp_path):
     assert model.config.vocab_size == AutoModelForCausalLM.from_pretrained(heron_world["policy"]).config.vocab_size
 
 
+def test_keep_updates_writes_each_evaluated_policy(heron_world, tmp_path):
+    """`keep_updates`: the policy of every monitor evaluation (eval_steps=2 of 3 updates: 2, and the last) is a
+    loadable checkpoint in updates/update-N/; the last is the stage's output when select_best is last."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ppo"
+    _run(heron_world, _config(keep_updates=True), out)
+    updates = out / "updates"
+    assert sorted(p.name for p in updates.iterdir()) == ["update-2", "update-3"]
+    for name in ("update-2", "update-3"):
+        for file in ("config.json", "model.safetensors", "tokenizer.json", "chat_format.json"):
+            assert (updates / name / file).exists(), f"{name}/{file}"
+        assert AutoModelForCausalLM.from_pretrained(updates / name).config.vocab_size > 0
+    last, final, second = (_tensors(p / "model.safetensors") for p in (updates / "update-3", out, updates / "update-2"))
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in final)
+    assert any(not torch.equal(second[k], final[k]) for k in final)
+    _run(heron_world, _config(max_steps=2), tmp_path / "plain")
+    assert not (tmp_path / "plain" / "updates").exists()  # off by default
+
+
 def test_known_reward_rises_with_kl_bounded(heron_world, tmp_path):
     out = tmp_path / "ppo"
     config = _config(max_steps=14, rollout_batch_size=16, batch_size=16, ppo_epochs=4, learning_rate=1e-3, eval_steps=7,
@@ -342,7 +362,7 @@ def test_exact_resume_after_kill(heron_world, tmp_path):
     config = json.dumps(dict(
         max_steps=5, save_steps=2, eval_steps=1, rollout_batch_size=8, batch_size=8, max_new_tokens=8, learning_rate=3e-3,
         num_eval_prompts=8, ppo_epochs=2, num_minibatches=2, keep_resume=True, select_best="reward", adaptive_kl=True,
-        target_kl=0.01, kl_horizon=100,
+        target_kl=0.01, kl_horizon=100, keep_updates=True,
     ))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
 
@@ -365,7 +385,8 @@ def test_exact_resume_after_kill(heron_world, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert steps_file.read_text().split() == ["3", "4", "5"]  # continued from the save, did not start over
 
-    for name in ("model.safetensors", "resume/model.safetensors", "resume/best_policy.safetensors"):
+    kept = [f"updates/update-{n}/model.safetensors" for n in range(1, 6)]  # keep_updates: outputs, rewritten alike on resume
+    for name in ("model.safetensors", "resume/model.safetensors", "resume/best_policy.safetensors", *kept):
         a, b = _tensors(straight / name), _tensors(cut / name)
         assert a.keys() == b.keys()
         for key in a:

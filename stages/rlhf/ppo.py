@@ -5,7 +5,8 @@ In:   a causal-LM policy checkpoint (SFT), a sequence-classification reward mode
       runner's `pipeline.eval.monitor.Monitor`: its held-out rows and judges — the reward model, a held-out reward
       model, a gold judge — score the policy's greedy replies every `eval_steps`; `select_best` picks by them).
 Out:  `output_dir` = a Hugging Face checkpoint of the policy, plus `metrics.jsonl` (one line per
-      update), `eval.json`, and `resume/` while the stage runs (kept with `keep_resume`).
+      update), `eval.json`, `resume/` while the stage runs (kept with `keep_resume`), and with `keep_updates` the
+      policy of every monitor evaluation as a checkpoint, `updates/update-N/` (an output only: never read back).
 
     chatsmith stage ppo recipes/tiny-cpu.yaml --out runs/demo    # or part of `chatsmith run`
 
@@ -28,6 +29,7 @@ sharded state under ZeRO) draws the same samples as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -49,6 +51,7 @@ from stages.rlhf.rollout import (PromptStream, Rollout, assemble, encode_prompts
 
 log = logging.getLogger("chatsmith.ppo")
 BEST_POLICY = "best_policy.safetensors"
+UPDATES = "updates"
 SELECTION_JUDGES = {"gold": "gold", "reward": "reward", "holdout_reward": "holdout_reward"}
 """`select_best` -> the monitor's judge whose mean score it maximises."""
 
@@ -180,7 +183,7 @@ def check_guards(trainer: PPOTrainer, stats: dict, step: int, warnings: list) ->
 
 def config_fingerprint(config: PPOConfig) -> str:
     # Knobs that may change between an interrupted run and its continuation without breaking exactness.
-    free = {"max_steps", "save_steps", "logging_steps", "keep_resume", "eval_steps", "num_eval_prompts"}
+    free = {"max_steps", "save_steps", "logging_steps", "keep_resume", "eval_steps", "num_eval_prompts", "keep_updates"}
     settings = {k: v for k, v in config.model_dump(mode="json").items() if k not in free}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -371,7 +374,19 @@ class PPOTrainer:
                 if self.accelerator.is_main_process:
                     self.resume.dir.mkdir(parents=True, exist_ok=True)
                     write_safetensors(weights, self.resume.dir / BEST_POLICY)
+        if config.keep_updates:
+            self.save_update(step)
         return {f"eval_{k}": v for k, v in result.items()}
+
+    def save_update(self, step: int) -> None:
+        """`keep_updates`: this update's policy as a checkpoint, `updates/update-<step>/` (rewritten alike on resume)."""
+        weights = full_state_dict(self.accelerator, self.wrapper, prefix="policy")  # collective under ZeRO-3
+        if self.accelerator.is_main_process:
+            policy = self.accelerator.unwrap_model(self.wrapper).policy
+            if self.config.lora.enabled:  # merged in a copy: training goes on with the adapter
+                policy, weights = merged(copy.deepcopy(policy)), None
+            save_checkpoint(policy, self.tokenizer, self.output_dir / UPDATES / f"update-{step}", chat_format=self.chat_format,
+                            meta={"stage": "ppo", "update": step, "config": self.config.model_dump(mode="json")}, state_dict=weights)
 
     def stop(self, reason: str, meta: dict | None):
         """A guard tripped: write the last good policy (from resume/) as the output checkpoint, stop loudly."""
