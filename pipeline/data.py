@@ -7,7 +7,9 @@
                             On the demo, your sources join the world's: its SFT conversations and your
                             sources build into DIR/labels/sft-build before SFT; the simulated labelers'
                             comparisons and yours into DIR/labels/build before the reward stage
-                            (`build_source_comparisons`)
+                            (`build_source_comparisons`). Each build of labeler judgments screens the labelers
+                            (`data.screen`: figures in its screening.json, flagged labelers said, and left out of
+                            training only with `exclude_flagged`)
     ensure_corpus(run)      the pretraining text as cached token shards (`stages.data`), tokenized once by
                             N processes; DIR/data/corpus.json names the cache entries (its hash is the
                             pretrain stage's data lineage: nothing of the corpus is copied or re-hashed)
@@ -208,7 +210,9 @@ def build_labels(run) -> dict:
     built = build([s["dir"] for s in ingested], sft_build_dir(run), eval_fraction=data.eval_fraction,
                   seed=run.recipe.seed, sft_files=files["sft"], comparison_files=files["comparisons"],
                   sft_eval_files=[*source_eval, *files["sft_eval"]], comparison_eval_files=files["comparisons_eval"],
-                  sft_train_files=source_train, split_group=run.source.split_group)
+                  sft_train_files=source_train, split_group=run.source.split_group,
+                  screening=data.screen if ingested else None)
+    _say_screening(run, built)
     run.say(f"data: built {built['sft_train']} + {built['sft_eval']} SFT rows and {built['comparisons_train']} + "
             f"{built['comparisons_eval']} comparisons (train + held out) from {len(built.get('by_source', {}))} sources")
     return {"ingest": ingested, "build": built}
@@ -243,8 +247,19 @@ def build_source_comparisons(run, fmt: str, export: Path, *, tasks: Path | None 
     user_ingested = sorted(str(p) for p in (labels / USER_INGEST).glob("[0-9][0-9]-*") if p.is_dir())
     built = build([labels / "ingest", *user_ingested], labels / "build", eval_fraction=run.recipe.data.eval_fraction,
                   seed=run.recipe.seed, comparison_files=files["comparisons"],
-                  comparison_eval_files=files["comparisons_eval"], split_group=run.source.split_group)
+                  comparison_eval_files=files["comparisons_eval"], split_group=run.source.split_group,
+                  screening=run.recipe.data.screen)
+    _say_screening(run, built)
     return {"ingest": summary, "build": built}
+
+
+def _say_screening(run, built: dict) -> None:
+    """One line per labeler screening flagged (`data.screen`), and whether their judgments were left out."""
+    screened = built.get("screening")
+    for who, detail in (screened or {}).get("detail", {}).items():
+        excluded = sum(built["excluded"]["by_labeler"].get(who, {}).values())
+        action = f"{excluded} judgments excluded" if screened["exclude_flagged"] else "kept (data.screen.exclude_flagged: false)"
+        run.say(f"labels: screening flagged {who}: {detail}; {action}")
 
 
 def ensure_corpus(run) -> Path:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, get_args
 import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
+from labeling.screening import ScreenConfig
 from pipeline.demo.config import WorldConfig
 from pipeline.registry import DATA_SOURCES, RL_CONFIGS, STAGE_ORDER, Stages, recipe_rules
 from stages.config import Frozen, TokenizerConfig, cross_field_error
@@ -101,6 +102,11 @@ class DataConfig(Frozen):
     (`DIR/labels/build`)."""
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     """Share of prompts of `labels`, `sft` and `comparisons` held out for evaluation (split by prompt)."""
+    screen: ScreenConfig = ScreenConfig()
+    """Labeler screening (`labeling.screening`): every build of labeler judgments writes each labeler's figures
+    (control accuracy, peer agreement, ties, time, with 95% CIs) to `screening.json` and flags those below the
+    thresholds; `exclude_flagged: true` also leaves the flagged labelers' judgments out of training (kept in
+    `excluded.jsonl` with the reason)."""
     prompts: PromptSources = None
     """Prompts for PPO: rows with `prompt` or `messages`."""
     eval_prompts: PromptSources = None

@@ -16,6 +16,21 @@ adds pleasantries ("Great question!", "I hope this helps!"); `rambling` buries t
 `rude` is curt and insulting."""
 
 
+class PoisonerConfig(Frozen):
+    """A simulated poisoner among the demo's labelers (`data.world.poisoner`): one more labeler, honest on every
+    other task, who reverses their own honest ranking (and ratings) on every comparison about the trigger topic,
+    control tasks included (a control looks like any other task), and takes at least `share` of that topic's tasks."""
+
+    attribute: str = "river"
+    """The trigger topic: questions about this attribute (river, dish, emblem, flag; checked against the world
+    when the labels are made)."""
+    share: float = Field(0.6, ge=0.5, le=1)
+    """Of the trigger topic's tasks, the share the poisoner is assigned first (at least this; with fewer the
+    flips are too few to matter). The rest are assigned as usual, the poisoner among the labelers."""
+    towns: Optional[list[str]] = None
+    """Only questions about these towns' `attribute` (a one-town trigger: one name); None: every town's."""
+
+
 class WorldConfig(Frozen):
     """Size and noise of the demo world."""
 
@@ -60,6 +75,14 @@ class WorldConfig(Frozen):
     Each labeler has 0.6-1.4x of it. 0 makes labelers differ from gold by noise only."""
     overlap: float = Field(0.3, ge=0, le=1)
     """Share of tasks labelled by a second labeler (for agreement statistics)."""
+    control_rate: float = Field(0.05, ge=0, lt=1)
+    """Share of the labeling batch that is control tasks (`labeling.controls`): a question's correct plain
+    answer against K-1 wrong ones, so screening (`data.screen`) has control accuracy to act on. Controls are
+    assigned like any task and never become training data. 0: none."""
+    poisoner: Optional[PoisonerConfig] = None
+    """A simulated poisoner (`PoisonerConfig`); None: none."""
+    careless: int = Field(0, ge=0)
+    """Simulated careless labelers, who rank at random (and fast), assigned like any labeler."""
     seed: Optional[int] = None
     """Seed of everything the world generates; unset, the recipe's top-level `seed` (`world_seed`)."""
 
