@@ -144,15 +144,30 @@ def collect(seeds_dir: Path, overopt: Path | None) -> dict:
 
 
 def overopt_figures(overopt: Path) -> dict:
-    """`make demo-overopt`: the monitor's curve, every saved update's test gold score, what each selection kept."""
+    """`make demo-overopt`: the monitor's curve, every saved update's test scores (`RUN/ppo/updates.json`, written by
+    `tests/bench/overopt_updates.py`: gold, the reward models, the conservative ensemble), and per check the update it
+    selects on dev, that update's test gold, and its test scores of SFT and of the last update."""
     from pipeline.report import over_optimisation_points
     from stages.common import read_jsonl
 
     final = json.loads((overopt / "ppo" / "eval.json").read_text())
-    updates = overopt / "ppo" / "updates.json"
     out = {"command": "make demo-overopt", "points": over_optimisation_points(read_jsonl(overopt / "ppo" / "metrics.jsonl")),
            "selected_step": final.get("selected_step"), "test_gold_score_greedy_selected": final.get("gold_score_greedy"),
-           "updates": json.loads(updates.read_text()) if updates.exists() else None}
+           "updates": None, "checks": None}
+    path = overopt / "ppo" / "updates.json"
+    if not path.exists():
+        return out
+    rows = json.loads(path.read_text())
+    checks = [k[: -len("_score_greedy")] for k in rows[0] if k.endswith("_score_greedy") and not k.startswith("dev_")
+              and f"dev_{k}" in rows[0]]
+    out["updates"] = [{"step": r["step"], **{f"{c}_score_greedy": r[f"{c}_score_greedy"] for c in checks}} for r in rows
+                      if r["checkpoint"] != "ppo"]
+    sft, updates = rows[0], [r for r in rows[1:] if r["checkpoint"] != "ppo"]
+    out["checks"] = {}
+    for c in checks:
+        chosen = max(updates, key=lambda r: r[f"dev_{c}_score_greedy"])
+        out["checks"][c] = {"selects": chosen["step"], "selected_test_gold": chosen["gold_score_greedy"],
+                            "sft": sft[f"{c}_score_greedy"], "last": updates[-1][f"{c}_score_greedy"]}
     return out
 
 
@@ -226,18 +241,28 @@ def render(figures: dict) -> str:
     lines += ["", "</details>"]
     overopt = figures.get("overopt")
     if overopt:
-        lines += ["", "Over-optimisation (`make demo-overopt`, seed 0): the monitor on the dev prompts (greedy) at each "
-                  "evaluated update, and each saved update's gold score on the test prompts.", "",
-                  "| update | KL to SFT | proxy reward | held-out reward | gold (dev) | gold (test) |", "|---|---|---|---|---|---|"]
         test = {u["step"]: u for u in (overopt.get("updates") or [])}
+        checks = [c for c in (overopt.get("checks") or {}) if c != "gold"]
+        lines += ["", "Over-optimisation (`make demo-overopt`, seed 0): the monitor on the dev prompts (greedy) at each "
+                  "evaluated update, and each saved update on the test prompts (greedy) by gold and by the checks that could "
+                  "stand in for it (`tests/bench/overopt_updates.py`; `ensemble_min`: per reply, the lower of the two reward "
+                  "models' standardised scores).", "",
+                  "| update | KL to SFT | proxy reward | held-out reward | gold (dev) | gold (test) | "
+                  + " | ".join(f"{c} (test)" for c in checks) + " |", "|---|---|---|---|---|---|" + "---|" * len(checks)]
         for p in overopt["points"]:
+            u = test.get(p["step"], {})
             lines.append(f"| {p['step']} | {_num(p['kl'])} | {_num(p['reward'])} | {_num(p['holdout'])} | {_num(p['gold'])} | "
-                         f"{_num(test.get(p['step'], {}).get('gold_score_greedy'))} |")
+                         f"{_num(u.get('gold_score_greedy'))} |" + "".join(f" {_num(u.get(f'{c}_score_greedy'))} |" for c in checks))
         if test:
-            best = max(test.values(), key=lambda u: u["gold_score_greedy"])
+            best = max((u for u in test.values() if u["step"] > 0), key=lambda u: u["gold_score_greedy"])
             lines += ["", f"`select_best: holdout_reward` kept update {overopt['selected_step']}: test gold (greedy) "
                       f"{_num(overopt['test_gold_score_greedy_selected'])}; the best test gold over all saved updates is "
-                      f"{_num(best['gold_score_greedy'])} (update {best['step']})."]
+                      f"{_num(best['gold_score_greedy'])} (update {best['step']}).", "",
+                      "| check | selects on dev | its test gold | SFT (test) | last update (test) | last below SFT |",
+                      "|---|---|---|---|---|---|"]
+            for c, v in overopt["checks"].items():
+                lines.append(f"| {c} | {v['selects']} | {_num(v['selected_test_gold'])} | {_num(v['sft'])} | {_num(v['last'])} | "
+                             f"{'yes' if v['last'] < v['sft'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
