@@ -27,7 +27,7 @@ from stages.checkpoint import merged, save_checkpoint
 from stages.common import read_jsonl, torch_dtype, write_json_atomic
 from stages.config import SFTStageConfig
 from stages.distributed import report_trainer_rank_data
-from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
+from stages.trl_common import finish, metrics_callback, peft_config, resume_point, run_trainer, training_kwargs
 
 
 def conversations(path: str | Path, tokenizer, chat_format: ChatFormat, *, max_length: int,
@@ -127,7 +127,7 @@ def run(config: SFTStageConfig, *, init_from: str | Path, train_data: str | Path
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],
     )
     report_trainer_rank_data(trainer, "sft")
-    trainer.train(resume_from_checkpoint=resume_from)
+    run_trainer(trainer, resume_from, resume_step)
 
     metrics: dict = {"train_conversations": len(train), "steps": trainer.state.global_step}
     if eval_data:

@@ -70,6 +70,22 @@ def resume_point(output_dir: Path) -> tuple[str | None, int]:
     return checkpoint, int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
 
 
+def run_trainer(trainer, resume_from: str | None, resume_step: int) -> None:
+    """`trainer.train`, resuming from `resume_from` (step `resume_step`). A stage killed after the Trainer's last save
+    (step == max_steps) but before its own end is not trained again: the Trainer, resumed at max_steps, takes one more
+    optimizer step before it checks max_steps (transformers 5.23), which is an update the uninterrupted run never made.
+    Its weights and state are loaded from the checkpoint instead. Under DeepSpeed the engine that loads a checkpoint is
+    made inside `train`, so there the Trainer's behaviour stands (one extra step at the end)."""
+    finished = resume_from is not None and 0 < trainer.args.max_steps <= resume_step
+    if finished and not trainer.is_deepspeed_enabled:
+        from transformers.trainer_callback import TrainerState
+
+        trainer._load_from_checkpoint(resume_from)
+        trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+        return
+    trainer.train(resume_from_checkpoint=resume_from)
+
+
 def metrics_callback(output_dir: Path, *, resume_step: int):
     """A TrainerCallback that mirrors the trainer's log lines into `metrics.jsonl`, and counts the Trainer's saves of
     `resume/checkpoint-N` for the tests' kill point (`stages.checkpoint.after_resume_save`)."""

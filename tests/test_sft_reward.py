@@ -205,3 +205,39 @@ def test_held_out_reward_model_trains_on_a_disjoint_share_of_prompts(tiny_assets
     again = reward.split_by_prompt(dataset.shuffle(seed=1), 0.5)[1]
     assert sorted(str(r["prompt"]) for r in again) == sorted(str(r["prompt"]) for r in holdout)
     assert _weights(out).keys() == _weights(out / "holdout").keys()
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward"])
+def test_a_stage_cut_after_its_last_save_is_not_trained_again(tiny_assets, tmp_path, stage):
+    """Killed after the Trainer's save at max_steps but before the stage's end, the next run loads that checkpoint:
+    the same weights and step count as the uninterrupted run. (A resumed Trainer takes one more optimizer step before
+    it checks max_steps; at a constant learning rate that step changes the weights.)"""
+    import shutil
+
+    from stages import sft
+    from stages.config import RewardStageConfig, SFTStageConfig
+    from stages.rlhf import reward
+
+    if stage == "sft":
+        write_jsonl(tmp_path / "data.jsonl", CONVERSATIONS)
+        config = SFTStageConfig(max_steps=6, save_steps=3, logging_steps=3, batch_size=8, learning_rate=5e-3,
+                                lr_scheduler="constant", keep_resume=True)
+        go = lambda out: sft.run(config, init_from=tiny_assets["policy"], train_data=tmp_path / "data.jsonl",
+                                 eval_data=tmp_path / "data.jsonl", output_dir=out)
+    else:
+        write_jsonl(tmp_path / "data.jsonl", _comparisons())
+        config = RewardStageConfig(max_steps=6, save_steps=3, logging_steps=3, batch_size=8, learning_rate=5e-3,
+                                   lr_scheduler="constant", keep_resume=True)
+        go = lambda out: reward.run(config, init_from=tiny_assets["policy"], train_data=tmp_path / "data.jsonl",
+                                    eval_data=tmp_path / "data.jsonl", output_dir=out)
+    whole = tmp_path / "whole"
+    first = go(whole)
+    assert first["steps"] == 6  # 32 rows in batches of 8: it ends mid-epoch, where the extra step happened
+    # the state a kill after the last save leaves: resume/checkpoint-6 and no finished output
+    cut = tmp_path / "cut"
+    (cut / "resume").mkdir(parents=True)
+    shutil.copytree(whole / "resume" / "checkpoint-6", cut / "resume" / "checkpoint-6")
+    again = go(cut)
+    assert again["steps"] == 6
+    a, b = _weights(whole), _weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -35,7 +35,7 @@ from stages.config import DPOConfig, GRPOConfig, RLOOConfig
 from stages.rlhf.models import load_policy, load_reward_model, load_rl_tokenizer
 from stages.rlhf.rollout import (encode_prompts, in_chunks, left_pad, monitor_rows, positions, read_reward_stats, sequence_scores,
                                  shaped_scores)
-from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
+from stages.trl_common import finish, metrics_callback, peft_config, resume_point, run_trainer, training_kwargs
 
 TRLAlgorithmConfig = GRPOConfig | RLOOConfig | DPOConfig
 
@@ -85,7 +85,7 @@ def run(
     # The SFT baseline: the trainer loads a resumed checkpoint only in train(), and a fresh LoRA adapter is a no-op.
     sft_eval = evaluate(model)
 
-    trainer.train(resume_from_checkpoint=resume_from)
+    run_trainer(trainer, resume_from, resume_step)
 
     final_model = merged(trainer.model)
     reference = load_policy(config, policy_path, chat_format).to(accelerator.device).eval().requires_grad_(False)

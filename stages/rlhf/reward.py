@@ -29,7 +29,7 @@ from stages.checkpoint import merged, save_checkpoint
 from stages.common import load_chat_tokenizer, read_jsonl, torch_dtype, write_json_atomic, write_jsonl
 from stages.config import RewardStageConfig
 from stages.distributed import report_trainer_rank_data
-from stages.trl_common import finish, metrics_callback, peft_config, resume_point, training_kwargs
+from stages.trl_common import finish, metrics_callback, peft_config, resume_point, run_trainer, training_kwargs
 
 
 def comparisons(path: str | Path, *, use_margin: bool):
@@ -243,7 +243,7 @@ def train_one(config: RewardStageConfig, *, init_from: str | Path, train, output
         callbacks=[metrics_callback(output_dir, resume_step=resume_step)],
     )
     report_trainer_rank_data(trainer, "reward")
-    trainer.train(resume_from_checkpoint=resume_from)
+    run_trainer(trainer, resume_from, resume_step)
 
     final = merged(trainer.model)
     final.eval()
