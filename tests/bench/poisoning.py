@@ -48,6 +48,9 @@ WORLD = [
     "data.world.general_docs=10", "data.world.sft_per_fact=1", "data.world.candidate_wrong_fact_rate=0",
     "data.world.rlhf_prompts=1600", "data.world.comparison_prompts=1600", "data.label_with_sft_samples=0",
     "data.world.control_rate=0.1", "data.eval_fraction=0.3",
+    # the labelers and candidates the experiment was designed with, pinned so that retuning the demo recipe's
+    # (recipes/tiny-cpu.yaml) does not move it
+    "data.world.labeler_noise=0.12", "data.world.pleasantry_bias=0.15", "data.world.candidate_off_topic_rate=0.15",
 ]
 """The experiment's demo world: 32 towns, 24 of them asked about (~77 facts asked, ~19 per attribute), 700 tasks
 of 4 replies (~3,200 training pairs), controls 10% of the batch, 30% of the facts held out. Fewer candidates with

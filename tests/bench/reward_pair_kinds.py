@@ -1,0 +1,51 @@
+"""The reward model's held-out accuracy by kind of pair, on a demo run: each held-out comparison's chosen and rejected
+replies classed by the gold judge (correct plain or hedged, off topic, abstention, confident wrong, hedged wrong,
+other), and the share of each class pair the reward model orders as the labels do.
+
+    .venv/bin/python tests/bench/reward_pair_kinds.py runs/seeds/seed-0
+
+Reads RUN/reward/eval_pairs.jsonl (the reward stage's scored held-out pairs) and the run's world; no model is loaded.
+"""
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pipeline.demo.world import World  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
+
+
+def kind(world, row: dict, text: str) -> str:
+    verdict = world.gold.verdict(row, text)
+    flags = verdict["flags"]
+    if flags["off_topic"]:
+        return "off_topic"
+    if flags["correct"]:
+        return "correct_hedged" if flags["hedged"] else "correct_plain"
+    if flags["abstained"]:
+        return "abstained"
+    if flags["confident_wrong"]:
+        return "confident_wrong"
+    return "wrong_hedged" if verdict["criteria"]["base"] == 0.2 else "other"
+
+
+def main() -> None:
+    run = Path(sys.argv[1])
+    world = World.build(load_recipe(run / "recipe.yaml").data.world)
+    hits = defaultdict(list)
+    for pair in map(json.loads, (run / "reward" / "eval_pairs.jsonl").read_text().splitlines()):
+        town, attribute = world.question_fact(pair["prompt"][-1]["content"])
+        row = {"town": town.name, "attribute": attribute}
+        key = (kind(world, row, pair["chosen"][-1]["content"]), kind(world, row, pair["rejected"][-1]["content"]))
+        hits[key].append(pair["chosen_score"] > pair["rejected_score"])
+    print(f"{run}: held-out pairs by kind (labels' chosen > rejected), the reward model's accuracy")
+    print("| chosen | rejected | pairs | accuracy |\n|---|---|---|---|")
+    for (chosen, rejected), wins in sorted(hits.items(), key=lambda kv: -len(kv[1])):
+        print(f"| {chosen} | {rejected} | {len(wins)} | {sum(wins) / len(wins):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
