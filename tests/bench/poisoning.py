@@ -230,8 +230,17 @@ def screening_of(run) -> dict:
 def experiment(root: Path, seed: int = 0, *, one_town: bool = False) -> dict:
     """The builds of one seed, their screening, and their reward models' accuracy against gold on the trigger topic
     (and with `one_town`, the one-town variant). Returns the figures `summary_lines` prints."""
-    started = time.perf_counter()
-    root = Path(root)
+    import torch
+
+    started, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(1)  # the figures depend on the thread count (summation order): one thread, wherever it runs
+    try:
+        return _experiment(Path(root), seed, one_town=one_town, started=started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _experiment(root: Path, seed: int, *, one_town: bool, started: float) -> dict:
     runs = {"clean": make_labels(root, "clean", seed, []),
             "poisoned": make_labels(root, "poisoned", seed, [poisoner()]),
             "screened": make_labels(root, "screened", seed, [poisoner(), "data.screen.exclude_flagged=true"])}
