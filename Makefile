@@ -67,7 +67,7 @@ $(SDK_STAMP): $(STAMP)
 	touch $(SDK_STAMP)
 
 test-label-studio: $(LS_STAMP) $(SDK_STAMP)
-	CHATSMITH_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -p no:cacheprovider --timeout 600 \
+	CHATSMITH_LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q -p no:cacheprovider --timeout 600 \
 		-m label_studio --durations=0 tests/label_studio
 
 bench: setup
