@@ -173,6 +173,8 @@ def main() -> None:
     from pipeline.runner import Run
 
     run_dir = args.run
+    if not (run_dir / "recipe.yaml").exists():
+        raise SystemExit(f"{run_dir}: not a run directory (no recipe.yaml); run make demo-overopt first")
     run = Run(load_recipe(run_dir / "recipe.yaml"), run_dir, say=lambda *_: None)
     settings = run.recipe.eval
     dev, test = held_out_rows(run)

@@ -33,6 +33,8 @@ def kind(world, row: dict, text: str) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "reward" / "eval_pairs.jsonl").exists():
+        raise SystemExit("usage: reward_pair_kinds.py RUN (a demo run directory with reward/eval_pairs.jsonl)")
     run = Path(sys.argv[1])
     world = World.build(load_recipe(run / "recipe.yaml").data.world)
     hits = defaultdict(list)
