@@ -24,8 +24,10 @@ the reward models' accuracy on fresh pairs about that one fact.
 
     .venv/bin/python tests/bench/poisoning.py                        # seeds 0 1 2, one-town variant included
     .venv/bin/python tests/bench/poisoning.py --seeds 0 --no-one-town --json out.json
+    .venv/bin/python tests/bench/poisoning.py --json tests/bench/poisoning.json --write-readme   # labeling/README.md
 
-`tests/test_poisoning.py` runs `experiment` for one seed and asserts on its figures.
+`tests/test_poisoning.py` runs `experiment` for one seed and asserts on its figures; `tests/test_readme_figures.py`
+checks that labeling/README.md's `poisoning` block is `markdown()` of `tests/bench/poisoning.json`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ REWARD = {"max_steps": 400, "batch_size": 16, "learning_rate": 1e-3, "warmup_ste
           "logging_steps": 100, "max_length": 128}
 """The reward stage's settings for the tiny base (~2 epochs of the clean build)."""
 BASE = {"hidden": 32, "layers": 2, "vocab_size": 1024}
+RESULTS = Path(__file__).resolve().parent / "poisoning.json"
+README = REPO / "labeling" / "README.md"
+README_BLOCK = "poisoning"
 TASKS_PER_FACT = 8
 """Fresh candidate sets per topic fact for the `topic` pairs (each gives up to 6 pairs)."""
 ONE_TOWN_TASKS = 60
@@ -324,22 +329,70 @@ def summary_lines(r: dict) -> list[str]:
     return lines
 
 
+def _flagged(figures: dict) -> str:
+    """Who screening flagged in a build, by role: "the poisoner only (control accuracy)", "nobody", ..."""
+    role_of = {who: role for role, ids in figures["roles"].items() for who in ids}
+    if not figures["flagged"]:
+        return "nobody"
+    names = {"poisoner": "the poisoner", "careless": "the careless labeler", "honest": "honest labelers"}
+    roles = sorted({role_of.get(who, who) for who in figures["flagged"]})
+    reasons = sorted({reason.replace("_", " ") for why in figures["flagged"].values() for reason in why})
+    return f"{' and '.join(names.get(r, r) for r in roles)}{' only' if 'honest' not in roles else ''} ({', '.join(reasons)})"
+
+
+def markdown(results: list[dict]) -> str:
+    """The figures of `results` (one entry per seed) as labeling/README.md's `poisoning` block."""
+    fmt = lambda f: f"{f['accuracy']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]"
+    lines = [f"Printed by `.venv/bin/python tests/bench/poisoning.py --seeds {' '.join(str(r['seed']) for r in results)}` "
+             f"(trigger: questions about a town's **{results[0]['attribute']}**; the poisoner takes "
+             f"{results[0]['share']:.0%} of those tasks). Accuracy against gold on fresh pairs about the trigger topic, "
+             "95% CI by bootstrap over facts:", "",
+             "| seed | clean | poisoned | poisoned, screened | drop | screening recovers | flagged |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        drop, share = recovered(r)
+        lines.append(f"| {r['seed']} | {fmt(r['clean']['topic'])} | {fmt(r['poisoned']['topic'])} | {fmt(r['screened']['topic'])} "
+                     f"| {drop:.3f} | {share:.0%} | {_flagged(r['poisoned'])} |")
+    lines += ["", "A careless labeler (random rankings), flagged: "
+              + "; ".join(f"seed {r['seed']}: {_flagged(r['careless'])}" for r in results) + "."]
+    one_town = [r for r in results if r.get("one_town_name")]
+    if one_town:
+        lines += ["", "A poisoner who flips one town's questions only (the town whose fact has the most training tasks), "
+                  "flagged, and accuracy against gold on fresh pairs about that one fact, clean / poisoned: "
+                  + "; ".join(f"seed {r['seed']} ({r['one_town_name']}, {r['one_town']['one_town']['pairs']} pairs): "
+                              f"{_flagged(r['one_town'])}, {fmt(r['clean']['one_town'])} / {fmt(r['one_town']['one_town'])}"
+                              for r in one_town) + "."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     import tempfile
+
+    from real_model import write_readme_block
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-one-town", action="store_true", help="leave out the one-town variant")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--root", type=Path, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help=f"also put the figures' markdown into {README.relative_to(REPO)} (block `{README_BLOCK}`)")
+    parser.add_argument("--readme-from-json", type=Path, metavar="JSON",
+                        help="measure nothing: put the markdown of this --json file into the README block")
     args = parser.parse_args(argv)
+    if args.readme_from_json:
+        write_readme_block(README_BLOCK, markdown(json.loads(args.readme_from_json.read_text())), README)
+        return
     results = []
     for seed in args.seeds:
         root = args.root / f"seed-{seed}" if args.root else Path(tempfile.mkdtemp(prefix=f"poisoning-{seed}-"))
         results.append(experiment(root, seed, one_town=not args.no_one_town))
         print("\n".join(summary_lines(results[-1])), flush=True)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print("\n" + markdown(results))
+    if args.write_readme:
+        write_readme_block(README_BLOCK, markdown(results), README)
 
 
 if __name__ == "__main__":

@@ -144,22 +144,22 @@ def convert(out: Path, wheel: Path) -> None:
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_block(name: str, text: str | None = None) -> str:
+def readme_block(name: str, text: str | None = None, readme: Path = README) -> str:
     """The README's generated block `name` (between `<!-- name:begin -->` and `<!-- name:end -->`)."""
-    text = README.read_text() if text is None else text
+    text = readme.read_text() if text is None else text
     begin, end = f"<!-- {name}:begin -->\n", f"\n<!-- {name}:end -->"
     if begin not in text or end not in text:
-        raise KeyError(f"README.md has no block {name}")
+        raise KeyError(f"{readme.name} has no block {name}")
     return text.split(begin, 1)[1].split(end, 1)[0]
 
 
-def write_readme_block(name: str, markdown: str) -> None:
-    """Replace the README's block `name` with `markdown` (what the real-model scripts print), verbatim."""
-    text = README.read_text()
-    old = readme_block(name, text)
-    README.write_text(text.replace(f"<!-- {name}:begin -->\n{old}\n<!-- {name}:end -->",
+def write_readme_block(name: str, markdown: str, readme: Path = README) -> None:
+    """Replace the README's block `name` with `markdown` (what a bench script printed), verbatim."""
+    text = readme.read_text()
+    old = readme_block(name, text, readme)
+    readme.write_text(text.replace(f"<!-- {name}:begin -->\n{old}\n<!-- {name}:end -->",
                                    f"<!-- {name}:begin -->\n{markdown}\n<!-- {name}:end -->", 1))
-    print(f"wrote the {name} block of {README}")
+    print(f"wrote the {name} block of {readme}")
 
 
 FIXTURE_CONVERSATIONS = [
