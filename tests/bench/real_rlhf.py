@@ -1,6 +1,6 @@
 """`make bench-real-rlhf`: a small real RLHF run on public human data, through chatsmith's own CLI, and its report.
 
-    .venv/bin/python tests/bench/real_rlhf.py [--hh FILE] [--oa FILE] [--model DIR] [--out runs/real-rlhf] [--full-size]
+    .venv/bin/python tests/bench/real_rlhf.py [--hh FILE] [--oa FILE] [--model DIR] [--out runs/real-rlhf] [--full-size] [--record]
 
 The recipe is `recipes/smollm2-135m-hh.yaml` (the full size, what a GPU runs); on CPU this script applies the
 smaller sizes of `CPU_SIZES` as overrides (printed with the report). Nothing is downloaded: the checkpoint comes from
@@ -18,7 +18,8 @@ smaller sizes of `CPU_SIZES` as overrides (printed with the report). Nothing is 
    - PPO against SFT on the test prompts: win rate judged by the held-out reward model (trained on a disjoint half
      of the train side's prompts, from the base checkpoint), KL to SFT, mean reply length, answers side by side;
    - whether the PPO checkpoint keeps the ChatML template and stops at `<|im_end|>`.
-   It prints a markdown block and writes it with the figures to `tests/bench/real_rlhf.json` (`--json`).
+   It prints a markdown block; `--json FILE` writes it with the figures, and `--record` makes it the README's
+   (`tests/bench/real_rlhf.json` and README.md's `real-rlhf` block, together: a test checks that they agree).
 """
 
 from __future__ import annotations
@@ -50,20 +51,22 @@ SIDE_BY_SIDE = 3
 
 FULL_SIZES = {"pairs_max_tokens": None, "train_pairs": None, "eval_pairs": None, "prompt_max_tokens": 512,
               "dev_prompts": 64, "test_prompts": 256}
-CPU_SIZES = {"pairs_max_tokens": 192, "train_pairs": 192, "eval_pairs": 120, "prompt_max_tokens": 128,
+CPU_SIZES = {"pairs_max_tokens": 192, "train_pairs": 576, "eval_pairs": 240, "prompt_max_tokens": 128,
              "dev_prompts": 8, "test_prompts": 32}
 """What the inputs are cut to (None: everything): pairs whose chosen and rejected conversations fit `pairs_max_tokens`,
 the first `train_pairs` / `eval_pairs` of them, prompts of at most `prompt_max_tokens` tokens."""
-# Steps, not epochs: a TRL stage's max_steps overrides its num_train_epochs. SFT: 16 steps of 4 (~0.75 epoch of
-# the ~86 training conversations); reward: 12 steps of 8 (~1 epoch of each model's ~96 pairs); PPO: 8 updates of 8.
+# Steps, not epochs: a TRL stage's max_steps overrides its num_train_epochs. SFT: 32 steps of 4 (~1.5 epochs of
+# the ~86 training conversations); reward: 36 steps of 8 (~1 epoch of each model's ~288 pairs); PPO: 20 updates of 8.
+# Sized to ~40 minutes on 2 quiet cores from a first run at a third of these sizes (8ca057d: 20.7 minutes; SFT 8.5 s
+# a step, reward 9 s, PPO 41 s an update; each stage's evaluation 1.5-4 minutes), leaving the 60-minute budget room.
 CPU_OVERRIDES = [
-    "stages.sft.max_steps=16", "stages.sft.batch_size=4", "stages.sft.max_length=384", "stages.sft.bf16=false",
+    "stages.sft.max_steps=32", "stages.sft.batch_size=4", "stages.sft.max_length=384", "stages.sft.bf16=false",
     "stages.sft.save_steps=1000", "stages.sft.logging_steps=2",
-    "stages.reward.max_steps=12", "stages.reward.batch_size=8", "stages.reward.max_length=192",
+    "stages.reward.max_steps=36", "stages.reward.batch_size=8", "stages.reward.max_length=192",
     "stages.reward.bf16=false", "stages.reward.save_steps=1000", "stages.reward.logging_steps=2",
-    "stages.ppo.max_steps=8", "stages.ppo.rollout_batch_size=8", "stages.ppo.num_minibatches=1", "stages.ppo.ppo_epochs=2",
-    "stages.ppo.max_new_tokens=48", "stages.ppo.max_prompt_length=128", "stages.ppo.eval_steps=8",
-    "stages.ppo.num_eval_prompts=8", "stages.ppo.save_steps=8", "stages.ppo.bf16=false", "stages.ppo.batch_size=8",
+    "stages.ppo.max_steps=20", "stages.ppo.rollout_batch_size=8", "stages.ppo.num_minibatches=1", "stages.ppo.ppo_epochs=2",
+    "stages.ppo.max_new_tokens=48", "stages.ppo.max_prompt_length=128", "stages.ppo.eval_steps=10",
+    "stages.ppo.num_eval_prompts=8", "stages.ppo.save_steps=10", "stages.ppo.bf16=false", "stages.ppo.batch_size=8",
     "eval.max_new_tokens=48", "eval.batch_size=32",
 ]
 
@@ -330,15 +333,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="the checkpoint of `make real-model`")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "real-rlhf")
     parser.add_argument("--full-size", action="store_true", help="the recipe's own sizes (a GPU run), no CPU overrides")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the figures and the markdown block")
-    parser.add_argument("--write-readme", action="store_true", help=f"also put the markdown block into README.md ({README_BLOCK})")
+    parser.add_argument("--json", type=Path, help="also write the figures and the markdown block here")
+    parser.add_argument("--record", action="store_true",
+                        help=f"make this run the README's: write {RESULTS.relative_to(REPO)} and README.md's {README_BLOCK} block")
     parser.add_argument("--readme-from-json", action="store_true",
-                        help="measure nothing: put the markdown block of the --json file into README.md")
+                        help=f"measure nothing: put the markdown block of {RESULTS.relative_to(REPO)} into README.md")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("overrides", nargs="*", help="more key=value overrides for every stage")
     args = parser.parse_args()
     if args.readme_from_json:
-        write_readme_block(README_BLOCK, json.loads(args.json.read_text())["markdown"])
+        write_readme_block(README_BLOCK, json.loads(RESULTS.read_text())["markdown"])
         return
 
     model_dir = args.model or default_model_dir()
@@ -381,10 +385,11 @@ def main() -> None:
                   commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip())
     report["markdown"] = markdown(report)
     print("\n" + report["markdown"])
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-        print(f"\nwrote {args.json}")
-    if args.write_readme:
+    for path in [args.json] + ([RESULTS] if args.record else []):
+        if path:
+            path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+            print(f"\nwrote {path}")
+    if args.record:
         write_readme_block(README_BLOCK, report["markdown"])
 
 
