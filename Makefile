@@ -81,8 +81,9 @@ real-model: setup
 
 # A small real RLHF run on CPU (SFT on OpenAssistant, reward models on HH-RLHF, PPO on HH prompts) and its report;
 # the data files are the user's to fetch (the script names them): tests/bench/real_rlhf.py --help.
+# make bench-real-rlhf REAL_RLHF_ARGS=--record: also makes it the README's figures (tests/bench/real_rlhf.json).
 bench-real-rlhf: setup
-	$(PY) tests/bench/real_rlhf.py
+	$(PY) tests/bench/real_rlhf.py $(REAL_RLHF_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache
