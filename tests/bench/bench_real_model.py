@@ -644,6 +644,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.readme_from_json:
+        if not RESULTS.exists():
+            sys.exit(f"bench_real_model: {RESULTS}: no figures file; a run with --record writes it")
         write_readme_block(README_BLOCK, json.loads(RESULTS.read_text())["markdown"])
         return
     if args.child:

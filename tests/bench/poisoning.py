@@ -381,6 +381,8 @@ def main(argv=None) -> None:
                         help="measure nothing: put the markdown of this --json file into the README block")
     args = parser.parse_args(argv)
     if args.readme_from_json:
+        if not args.readme_from_json.is_file():
+            sys.exit(f"poisoning: {args.readme_from_json}: no such figures file (a run with --json writes one)")
         write_readme_block(README_BLOCK, markdown(json.loads(args.readme_from_json.read_text())), README)
         return
     results = []

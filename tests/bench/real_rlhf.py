@@ -256,6 +256,9 @@ def chatml_check(run: Path, test_rows: list[dict], *, count: int = 8, max_new_to
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     replies = [row.tolist() for row in out]
     ended = [end_of_turn in reply for reply in replies]
+    document_eos = tokenizer.convert_tokens_to_ids(chat_format.document_eos) if chat_format and chat_format.document_eos else None
+    ends = ["<|im_end|>" if e else "document EOS" if document_eos in reply else f"{max_new_tokens}-token cap"
+            for e, reply in zip(ended, replies)]
     first = next((i for i, e in enumerate(ended) if e), 0)
     shown = replies[first][: replies[first].index(end_of_turn) + 1] if ended[first] else replies[first]
     generation = json.loads((ppo / "generation_config.json").read_text())
@@ -264,7 +267,7 @@ def chatml_check(run: Path, test_rows: list[dict], *, count: int = 8, max_new_to
             "generation_eos_token_id": generation.get("eos_token_id"),
             "chat_format_end_of_turn": chat_format.end_of_turn if chat_format else None,
             "chat_format_document_eos": chat_format.document_eos if chat_format else None,
-            "greedy_replies_ending_in_im_end": [sum(ended), len(rows)], "max_new_tokens": max_new_tokens,
+            "greedy_replies_ending_in_im_end": [sum(ended), len(rows)], "greedy_reply_ends": ends, "max_new_tokens": max_new_tokens,
             "example": {"prompt": rows[first]["messages"][-1]["content"], "reply": tokenizer.decode(shown, skip_special_tokens=False)}}
 
 
@@ -342,6 +345,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="more key=value overrides for every stage")
     args = parser.parse_args()
     if args.readme_from_json:
+        if not RESULTS.exists():
+            sys.exit(f"real_rlhf: {RESULTS}: no figures file; a run with --record writes it")
         write_readme_block(README_BLOCK, json.loads(RESULTS.read_text())["markdown"])
         return
 
