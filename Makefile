@@ -36,7 +36,7 @@ readme-figures: setup
 	$(PY) tests/bench/readme_figures.py --seeds-dir runs/seeds --overopt runs/overopt --write
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 -m "not label_studio" tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 --durations=15 -m "not label_studio" tests
 
 test-quick: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not label_studio" tests
