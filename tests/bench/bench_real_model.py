@@ -47,7 +47,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import real_data  # noqa: E402  (stdlib only at module level)
-from real_model import default_model_dir, write_readme_block  # noqa: E402
+from real_model import default_model_dir, readme_from_results, save_figures  # noqa: E402
 
 README_BLOCK = "real-model-bench"
 RESULTS = HERE / "real_model.json"
@@ -644,9 +644,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.readme_from_json:
-        if not RESULTS.exists():
-            sys.exit(f"bench_real_model: {RESULTS}: no figures file; a run with --record writes it")
-        write_readme_block(README_BLOCK, json.loads(RESULTS.read_text())["markdown"])
+        readme_from_results(README_BLOCK, RESULTS, "bench_real_model")
         return
     if args.child:
         import torch
@@ -702,12 +700,7 @@ def main() -> None:
                            "load_after": " / ".join(f"{x:.1f}" for x in os.getloadavg())}}
     figures["markdown"] = markdown(figures)
     print("\n" + figures["markdown"])
-    for path in [args.json] + ([RESULTS] if args.record else []):
-        if path:
-            path.write_text(json.dumps(figures, indent=1) + "\n")
-            print(f"\nwrote {path}")
-    if args.record:
-        write_readme_block(README_BLOCK, figures["markdown"])
+    save_figures(figures, README_BLOCK, RESULTS, json_path=args.json, record=args.record)
 
 
 if __name__ == "__main__":

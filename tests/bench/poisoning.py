@@ -392,9 +392,10 @@ def main(argv=None) -> None:
         print("\n".join(summary_lines(results[-1])), flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print("\n" + markdown(results))
+    block = markdown(results)
+    print("\n" + block)
     if args.write_readme:
-        write_readme_block(README_BLOCK, markdown(results), README)
+        write_readme_block(README_BLOCK, block, README)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -160,6 +161,24 @@ def write_readme_block(name: str, markdown: str, readme: Path = README) -> None:
     readme.write_text(text.replace(f"<!-- {name}:begin -->\n{old}\n<!-- {name}:end -->",
                                    f"<!-- {name}:begin -->\n{markdown}\n<!-- {name}:end -->", 1))
     print(f"wrote the {name} block of {readme}")
+
+
+def save_figures(figures: dict, block: str, results: Path, *, json_path: Path | None, record: bool) -> None:
+    """A real-model script's figures (with their `markdown`): to `json_path` if given, and with `record` to the
+    committed figures file `results` and the README's `block` together (a test checks that the two agree)."""
+    for path in [json_path] + ([results] if record else []):
+        if path:
+            path.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n")
+            print(f"\nwrote {path}")
+    if record:
+        write_readme_block(block, figures["markdown"])
+
+
+def readme_from_results(block: str, results: Path, prog: str) -> None:
+    """`--readme-from-json`: the README's `block` from the committed figures file, measuring nothing."""
+    if not results.exists():
+        sys.exit(f"{prog}: {results}: no figures file; a run with --record writes it")
+    write_readme_block(block, json.loads(results.read_text())["markdown"])
 
 
 FIXTURE_CONVERSATIONS = [

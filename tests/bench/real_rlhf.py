@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import real_data  # noqa: E402
-from real_model import default_model_dir, write_readme_block  # noqa: E402
+from real_model import default_model_dir, readme_from_results, save_figures  # noqa: E402
 
 RECIPE = REPO / "recipes" / "smollm2-135m-hh.yaml"
 README_BLOCK = "real-rlhf"
@@ -345,9 +345,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="more key=value overrides for every stage")
     args = parser.parse_args()
     if args.readme_from_json:
-        if not RESULTS.exists():
-            sys.exit(f"real_rlhf: {RESULTS}: no figures file; a run with --record writes it")
-        write_readme_block(README_BLOCK, json.loads(RESULTS.read_text())["markdown"])
+        readme_from_results(README_BLOCK, RESULTS, "real_rlhf")
         return
 
     model_dir = args.model or default_model_dir()
@@ -390,12 +388,7 @@ def main() -> None:
                   commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip())
     report["markdown"] = markdown(report)
     print("\n" + report["markdown"])
-    for path in [args.json] + ([RESULTS] if args.record else []):
-        if path:
-            path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-            print(f"\nwrote {path}")
-    if args.record:
-        write_readme_block(README_BLOCK, report["markdown"])
+    save_figures(report, README_BLOCK, RESULTS, json_path=args.json, record=args.record)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from pipeline.demo.judge import BASE  # noqa: E402
 from pipeline.demo.world import World  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
 
@@ -29,7 +30,7 @@ def kind(world, row: dict, text: str) -> str:
         return "abstained"
     if flags["confident_wrong"]:
         return "confident_wrong"
-    return "wrong_hedged" if verdict["criteria"]["base"] == 0.2 else "other"
+    return "wrong_hedged" if verdict["criteria"]["base"] == BASE["wrong_hedged"] else "other"
 
 
 def main() -> None:
