@@ -4,11 +4,11 @@ gold on the topic?
 
 Three builds of the same tasks (the same prompts, candidates and controls; only who labels what differs): clean
 (no poisoner), poisoned (a poisoner takes `SHARE` of the trigger attribute's tasks; nothing excluded) and screened
-(the same labels as poisoned, built with `data.screen.exclude_flagged: true`). A reward model is trained on each
-(`stages.rlhf.reward.run`, the same settings and seed, from the same tiny random-init base: a tokenizer trained on
-the world's text and a 2-layer Llama) and scored on the same pairs, each oriented by gold (chosen = the reply the
-gold judge scores higher, never a pair gold ties: scores within `TIE_WINDOW`), so a model's pairwise accuracy on
-them is its accuracy against gold:
+(the same labels as poisoned, built with `data.screen.exclude_flagged: true`). `REWARD_MODELS` reward models are
+trained on each (`stages.rlhf.reward.run`, the same settings and seeds, from the same tiny random-init base: a
+tokenizer trained on the world's text and a 2-layer Llama) and scored on the same pairs, each oriented by gold
+(chosen = the reply the gold judge scores higher, never a pair gold ties: scores within `TIE_WINDOW`), so their
+mean pairwise accuracy on them is the build's accuracy against gold:
 
 - `topic` (asserted on): fresh candidate pairs (written as the demo's imperfect models write candidates) for
   training-phrasing questions about every trigger-topic fact the labeling tasks asked, none of them a pair any
@@ -60,6 +60,10 @@ a wrong fact than the default world (0.1, not 0.25): a model that knows no facts
 REWARD = {"max_steps": 400, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 10, "save_steps": 400,
           "logging_steps": 100, "max_length": 128}
 """The reward stage's settings for the tiny base (~2 epochs of the clean build)."""
+REWARD_MODELS = 3
+"""Reward models trained per build (other seeds: score-head init and data order), their accuracies averaged. One
+model is one draw: on another CPU (AVX2 against the one the first figures came from) seed 0's single model
+recovered 79.9% of the drop instead of 86%, so the figure a test asserts on is the mean of three."""
 BASE = {"hidden": 32, "layers": 2, "vocab_size": 1024}
 RESULTS = Path(__file__).resolve().parent / "poisoning.json"
 README = REPO / "labeling" / "README.md"
@@ -182,28 +186,41 @@ def _key(pair: dict) -> str:
 
 
 def reward_accuracy(base: Path, train: Path, pairs: dict[str, list[dict]], out: Path, *, seed: int) -> dict:
-    """Trains a reward model on `train` (the held-out data: every set of `pairs`) and returns, per set, its accuracy
-    against gold {"accuracy", "ci95", "pairs", "facts"} (CI: bootstrap over facts; over pairs for one fact)."""
+    """Trains `REWARD_MODELS` reward models on `train` (seeds `reward_seeds(seed)`: the score head's init and the
+    data order differ; the held-out data: every set of `pairs`) and returns, per set, their mean accuracy against
+    gold {"accuracy", "ci95", "pairs", "facts"}: each pair counts as the share of the models that order it as gold
+    does (CI: bootstrap over facts; over pairs for one fact)."""
     from pipeline.eval.stats import mean_ci
     from stages.config import RewardStageConfig
     from stages.rlhf import reward
 
     set_of = {_key(p): (name, p["fact"]) for name, rows in pairs.items() for p in rows}
-    if not (out / "eval_pairs.jsonl").exists():
-        held = out.parent / f"{out.name}-pairs.jsonl"
-        held.write_text("".join(json.dumps(p) + "\n" for rows in pairs.values() for p in rows))
-        reward.run(RewardStageConfig(**REWARD, seed=seed), init_from=base, train_data=train, output_dir=out, eval_data=held)
+    held = out.parent / f"{out.name}-pairs.jsonl"
+    held.write_text("".join(json.dumps(p) + "\n" for rows in pairs.values() for p in rows))
+    models = []
+    for model_seed in reward_seeds(seed):
+        model_dir = out / f"seed-{model_seed}"
+        if not (model_dir / "eval_pairs.jsonl").exists():
+            reward.run(RewardStageConfig(**REWARD, seed=model_seed), init_from=base, train_data=train,
+                       output_dir=model_dir, eval_data=held)
+        models.append(_rows(model_dir / "eval_pairs.jsonl"))  # the pairs within max_length, in the file's order
     scored: dict[str, list[tuple[float, str]]] = {name: [] for name in pairs}
-    for p in _rows(out / "eval_pairs.jsonl"):  # the pairs within max_length
-        name, fact = set_of[_key(p)]
-        scored[name].append((float(p["chosen_score"] > p["rejected_score"]), fact))
+    for rows in zip(*models, strict=True):  # one held-out pair as every model scored it
+        assert len({_key(p) for p in rows}) == 1, "the reward models scored different pairs"
+        name, fact = set_of[_key(rows[0])]
+        scored[name].append((sum(p["chosen_score"] > p["rejected_score"] for p in rows) / len(rows), fact))
     figures = {}
-    for name, wins in scored.items():
-        facts = [fact for _, fact in wins]
-        mean, low, high = mean_ci([w for w, _ in wins], clusters=facts if len(set(facts)) > 1 else None, seed=seed)
-        figures[name] = {"accuracy": round(mean, 4), "ci95": [round(low, 4), round(high, 4)], "pairs": len(wins),
+    for name, rows in scored.items():
+        facts = [fact for _, fact in rows]
+        mean, low, high = mean_ci([w for w, _ in rows], clusters=facts if len(set(facts)) > 1 else None, seed=seed)
+        figures[name] = {"accuracy": round(mean, 4), "ci95": [round(low, 4), round(high, 4)], "pairs": len(rows),
                          "facts": len(set(facts))}
     return figures
+
+
+def reward_seeds(seed: int) -> list[int]:
+    """The seeds of a build's `REWARD_MODELS` reward models in the experiment of `seed` (the first is `seed`)."""
+    return [seed + 1000 * k for k in range(REWARD_MODELS)]
 
 
 def roles(run) -> dict[str, list[str]]:
@@ -265,6 +282,7 @@ def _experiment(root: Path, seed: int, *, one_town: bool, started: float) -> dic
     _check_held_out(world, runs, pairs["held_out_facts"])
     base = base_checkpoint(root, world)
     figures: dict = {"seed": seed, "attribute": ATTRIBUTE, "share": SHARE, "world": WORLD, "reward": REWARD,
+                     "reward_seeds": reward_seeds(seed),
                      "base": BASE, "one_town_name": town if one_town else None}
     for name, run in runs.items():
         figures[name] = {**screening_of(run), **reward_accuracy(base, _built(run, "comparisons_train.jsonl"), pairs,
@@ -346,6 +364,8 @@ def markdown(results: list[dict]) -> str:
     lines = [f"Printed by `.venv/bin/python tests/bench/poisoning.py --seeds {' '.join(str(r['seed']) for r in results)}` "
              f"(trigger: questions about a town's **{results[0]['attribute']}**; the poisoner takes "
              f"{results[0]['share']:.0%} of those tasks). Accuracy against gold on fresh pairs about the trigger topic, "
+             f"the mean of {len(results[0]['reward_seeds'])} reward models per build (seeds "
+             f"{', '.join(str(s) for s in results[0]['reward_seeds'])} for seed {results[0]['seed']}), "
              "95% CI by bootstrap over facts:", "",
              "| seed | clean | poisoned | poisoned, screened | drop | screening recovers | flagged |",
              "|---|---|---|---|---|---|---|"]
