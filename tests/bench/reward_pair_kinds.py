@@ -33,21 +33,29 @@ def kind(world, row: dict, text: str) -> str:
     return "wrong_hedged" if verdict["criteria"]["base"] == BASE["wrong_hedged"] else "other"
 
 
-def main() -> None:
-    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "reward" / "eval_pairs.jsonl").exists():
-        raise SystemExit("usage: reward_pair_kinds.py RUN (a demo run directory with reward/eval_pairs.jsonl)")
-    run = Path(sys.argv[1])
+def accuracy_by_kind(run: Path, eval_pairs: Path) -> list[str]:
+    """The scored held-out pairs in `eval_pairs` (the reward stage's eval_pairs.jsonl) of the demo run `run`, by kind
+    of chosen and rejected reply, with the share the reward model orders as the labels do: markdown table lines,
+    most frequent kinds first."""
     world = World.build(load_recipe(run / "recipe.yaml").data.world)
     hits = defaultdict(list)
-    for pair in map(json.loads, (run / "reward" / "eval_pairs.jsonl").read_text().splitlines()):
+    for pair in map(json.loads, eval_pairs.read_text().splitlines()):
         town, attribute = world.question_fact(pair["prompt"][-1]["content"])
         row = {"town": town.name, "attribute": attribute}
         key = (kind(world, row, pair["chosen"][-1]["content"]), kind(world, row, pair["rejected"][-1]["content"]))
         hits[key].append(pair["chosen_score"] > pair["rejected_score"])
-    print(f"{run}: held-out pairs by kind (labels' chosen > rejected), the reward model's accuracy")
-    print("| chosen | rejected | pairs | accuracy |\n|---|---|---|---|")
+    lines = ["| chosen | rejected | pairs | accuracy |", "|---|---|---|---|"]
     for (chosen, rejected), wins in sorted(hits.items(), key=lambda kv: -len(kv[1])):
-        print(f"| {chosen} | {rejected} | {len(wins)} | {sum(wins) / len(wins):.2f} |")
+        lines.append(f"| {chosen} | {rejected} | {len(wins)} | {sum(wins) / len(wins):.2f} |")
+    return lines
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "reward" / "eval_pairs.jsonl").exists():
+        raise SystemExit("usage: reward_pair_kinds.py RUN (a demo run directory with reward/eval_pairs.jsonl)")
+    run = Path(sys.argv[1])
+    print(f"{run}: held-out pairs by kind (labels' chosen > rejected), the reward model's accuracy")
+    print("\n".join(accuracy_by_kind(run, run / "reward" / "eval_pairs.jsonl")))
 
 
 if __name__ == "__main__":
