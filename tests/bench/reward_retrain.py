@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished demo run directory")
     parser.add_argument("--out", type=Path, required=True, help="where the retrained reward model goes")
-    parser.add_argument("overrides", nargs="*", help="stages.reward keys, e.g. use_margin=false max_steps=800")
+    parser.add_argument("overrides", nargs="*", help="stages.reward keys, e.g. use_margin=false max_steps=800 init_from=RUN/pretrain")
     args = parser.parse_intermixed_args()
     build = args.run / "labels" / "build"
     missing = [str(p) for p in (args.run / "recipe.yaml", args.run / "sft", build / "comparisons_train.jsonl",
@@ -44,7 +44,8 @@ def main() -> None:
     except RecipeError as error:
         raise SystemExit(f"reward_retrain: {error}") from None
     start = time.time()
-    metrics = reward.run(recipe.stages.reward, init_from=args.run / "sft", output_dir=args.out,
+    metrics = reward.run(recipe.stages.reward, init_from=Path(recipe.stages.reward.init_from or args.run / "sft"),
+                         output_dir=args.out,
                          train_data=build / "comparisons_train.jsonl", eval_data=build / "comparisons_eval.jsonl")
     seconds = time.time() - start
     pairs = [json.loads(line) for line in (args.out / reward.EVAL_PAIRS).read_text().splitlines()]
