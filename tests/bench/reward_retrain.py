@@ -12,7 +12,6 @@ it retrains with the run's settings (a check that the stage reproduces the run's
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,8 +34,9 @@ def main() -> None:
     if args.out.exists() and any(args.out.iterdir()):  # the stage would resume (or skip) what is there
         raise SystemExit(f"reward_retrain: --out {args.out} is not empty; give a new directory")
 
-    from pipeline.eval.stats import mean_ci
+    from pipeline.eval.run import evaluate_reward
     from pipeline.recipe import RecipeError, load_recipe
+    from pipeline.runner import Run
     from stages.rlhf import reward
 
     try:
@@ -48,12 +48,14 @@ def main() -> None:
                          output_dir=args.out,
                          train_data=build / "comparisons_train.jsonl", eval_data=build / "comparisons_eval.jsonl")
     seconds = time.time() - start
-    pairs = [json.loads(line) for line in (args.out / reward.EVAL_PAIRS).read_text().splitlines()]
-    accuracy, lo, hi = mean_ci([float(p["chosen_score"] > p["rejected_score"]) for p in pairs], seed=recipe.eval.seed,
-                               clusters=[json.dumps(p["prompt"], sort_keys=True) for p in pairs])  # as the run's eval
+    figures = evaluate_reward(Run(recipe, args.run, say=lambda _: None), args.out)  # the run's own evaluation
+    lo, hi = figures["pairwise_accuracy_ci95"]
+    gold = (f", vs gold {figures['pairwise_accuracy_gold']:.3f} (labels vs gold {figures['label_gold_agreement']:.3f})"
+            if "pairwise_accuracy_gold" in figures else "")
     print(f"{args.run} reward retrained with {args.overrides or 'the run settings'} in {seconds:.0f} s: "
-          f"held-out pairwise_accuracy {accuracy:.3f} [{lo:.3f}, {hi:.3f}] on {len(pairs)} pairs, "
-          f"train_pairwise_accuracy {metrics['train_pairwise_accuracy']:.3f}, {metrics['steps']} steps")
+          f"held-out pairwise_accuracy {metrics['pairwise_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on "
+          f"{metrics['eval_comparisons']} pairs{gold}, train_pairwise_accuracy {metrics['train_pairwise_accuracy']:.3f}, "
+          f"{metrics['steps']} steps")
     from reward_pair_kinds import accuracy_by_kind
 
     print("\n".join(accuracy_by_kind(args.run, args.out / reward.EVAL_PAIRS)))
