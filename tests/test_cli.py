@@ -78,3 +78,29 @@ def test_labels_wrong_format_is_one_line(tmp_path):
 def test_chat_on_missing_checkpoint_is_one_line(tmp_path):
     result = chatsmith("chat", tmp_path / "nope", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_reward_retrain_named_by_the_readme_refuses_bad_input_in_one_line(tmp_path):
+    """`tests/bench/reward_retrain.py`, which the README offers for trying reward settings: a directory that is not a
+    finished run, and an --out that is not empty, are one-line errors, before anything is trained."""
+    script = REPO / "tests" / "bench" / "reward_retrain.py"
+    assert "tests/bench/reward_retrain.py RUN --out DIR key=value" in (REPO / "README.md").read_text()
+
+    def retrain(*args):
+        return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=REPO, env=env(), capture_output=True,
+                              text=True, timeout=120)
+
+    bare = retrain(tmp_path, "--out", tmp_path / "rm")
+    assert bare.returncode == 1 and bare.stdout == ""
+    assert bare.stderr == (f"reward_retrain: {tmp_path} is not a finished demo run (missing {tmp_path / 'recipe.yaml'}, "
+                           f"{tmp_path / 'sft'}, {tmp_path / 'labels/build/comparisons_train.jsonl'}, "
+                           f"{tmp_path / 'labels/build/comparisons_eval.jsonl'})\n")
+    run = tmp_path / "run"
+    for path in ("recipe.yaml", "labels/build/comparisons_train.jsonl", "labels/build/comparisons_eval.jsonl"):
+        (run / path).parent.mkdir(parents=True, exist_ok=True)
+        (run / path).write_text("")
+    (run / "sft").mkdir()
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "model.safetensors").write_text("")
+    taken = retrain(run, "--out", tmp_path / "rm", "max_steps=10")
+    assert taken.returncode == 1 and taken.stderr == f"reward_retrain: --out {tmp_path / 'rm'} is not empty; give a new directory\n"
